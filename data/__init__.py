@@ -1,0 +1,1 @@
+"""Files → conversations → tokens → packed rows. Needs a tokenizer, never a model."""
