@@ -1,0 +1,1 @@
+"""Builds the network (embedded tiny default or a real checkpoint) and its adapters."""
