@@ -1,0 +1,15 @@
+"""Train: `python launch/train.py [overrides]` or `torchrun --nproc_per_node G launch/train.py [overrides]`."""
+import hydra
+from _bootstrap import CONFIG_PATH
+from omegaconf import DictConfig
+
+from trainer.run import run_training
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    return run_training(cfg)
+
+
+if __name__ == "__main__":
+    main()

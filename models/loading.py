@@ -1,0 +1,83 @@
+"""Turns a `ModelConfig` into a tokenizer and a causal LM (the embedded tiny default or a real checkpoint)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from models.config import TINY, ModelConfig
+
+DTYPES = ("float32", "bfloat16", "float16")
+# A hub id is `name` or `owner/name`; anything else that is not a directory is a (missing) local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def _looks_local(path: str) -> bool:
+    if path.startswith(("/", ".", "~")) or "\\" in path or not _HUB_ID.match(path):
+        return True
+    expanded = Path(path).expanduser()
+    if expanded.exists():  # e.g. a file where a directory was expected
+        return True
+    parent = expanded.parent
+    return str(parent) not in ("", ".") and parent.is_dir()
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """`model.path` as something `from_pretrained` accepts: a local directory's absolute path or a hub id.
+
+    `tiny` builds (once) and returns the embedded default. A path that looks local but is not a
+    directory raises `FileNotFoundError` with a one-line message naming it.
+    """
+    path = cfg.path
+    if path == TINY:
+        from models.tiny import materialize_tiny
+
+        return str(materialize_tiny())
+    expanded = Path(os.path.expanduser(path))
+    if expanded.is_dir():
+        return str(expanded.resolve())
+    if _looks_local(path):
+        what = "is not a directory" if expanded.exists() else "does not exist"
+        raise FileNotFoundError(
+            f"model.path {path!r} {what} (looked at {expanded.absolute()}); "
+            f"give a local model directory, a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', or {TINY!r}"
+        )
+    return path
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """`AutoTokenizer` for `cfg`; pad token falls back to eos when the checkpoint has none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        resolve_model_path(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def load_model(cfg: ModelConfig, *, device=None):
+    """`AutoModelForCausalLM` for `cfg`, in `cfg.dtype`, with the KV cache off (training)."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch_dtype(cfg.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(cfg),
+        revision=cfg.revision,
+        dtype=dtype,  # transformers 5 name (`torch_dtype` is the deprecated alias)
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    model.config.use_cache = False
+    if device is not None:
+        model.to(device)
+    return model

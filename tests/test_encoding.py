@@ -1,0 +1,101 @@
+"""Exactly the intended tokens are trained, and training renders what inference renders."""
+import json
+
+import pytest
+
+from data.conversation import Conversation, Message, ToolCall
+from data.encoding import encode_conversation, encode_messages
+from data.errors import DataError
+from data.templates import get_template
+from models.build_tokenizer import build_bpe_tokenizer
+
+TOOLS = [json.loads(open("data/assets/hotel/search_hotels.json", encoding="utf-8").read())]
+DIALOGUE = [
+    Message("system", "你是一个酒店预订助手。"),
+    Message("user", "你好，请帮我找一家提供无烟房的舒适型酒店。"),
+    Message("assistant", tool_calls=(ToolCall("search_hotels", {"facilities": ["无烟房"], "type": "舒适型"}),)),
+    Message("tool", '[{"name": "北京红驿栈酒店", "price": 344.0}]', name="search_hotels"),
+    Message("assistant", "推荐北京红驿栈酒店，价格344元。"),
+    Message("user", "电话是多少？"),
+    Message("assistant", "酒店电话是010-64171066。"),
+]
+CASES = [("chatml", "native"), ("chatml", "custom"), ("llama3", "native"), ("llama3", "custom"),
+         ("glm4", "native"), ("mistral", "native"), ("gemma", "native")]
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    corpus = [m.content for m in DIALOGUE] + [json.dumps(TOOLS, ensure_ascii=False)] * 3
+    made = {}
+    for family, fmt in CASES:
+        specials = get_template(family, fmt).special_tokens()
+        made[family, fmt] = build_bpe_tokenizer(corpus, vocab_size=600, special_tokens=specials,
+                                                chat_template=None, eos=specials[0], pad=specials[0])
+    return made
+
+
+@pytest.mark.parametrize("family,fmt", CASES)
+def test_exactly_the_body_pieces_are_trained(tokenizers, family, fmt):
+    template, tok = get_template(family, fmt), tokenizers[family, fmt]
+    enc = encode_messages(DIALOGUE, TOOLS, template, tok, ["assistant", "call"])
+    pieces = template.render(DIALOGUE, TOOLS)
+    runs, current = [], []
+    for token, flag in zip(enc.input_ids, enc.trained):
+        if flag:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    runs += [current] if current else []
+    trained_text = [tok.decode(r) for r in runs]
+    expected, buf = [], ""
+    for i, piece in enumerate(pieces):  # adjacent body pieces form one trained run
+        if piece.kind in ("assistant", "call"):
+            buf += piece.text
+        elif buf:
+            expected.append(buf)
+            buf = ""
+    expected += [buf] if buf else []
+    assert trained_text == expected
+    assert len(expected) == 4  # one call, three replies; users, system and the tool result carry no loss
+    assert not any(m.content and m.content in "".join(expected) for m in DIALOGUE if m.role in ("user", "tool"))
+
+
+@pytest.mark.parametrize("family,fmt", CASES)
+def test_training_prefix_equals_inference_prompt(tokenizers, family, fmt):
+    template, tok = get_template(family, fmt), tokenizers[family, fmt]
+    enc = encode_messages(DIALOGUE, TOOLS, template, tok, ["assistant", "call"])
+    starts = [i for i, f in enumerate(enc.trained) if f and (i == 0 or not enc.trained[i - 1])]
+    turns = [k for k, m in enumerate(DIALOGUE) if m.role == "assistant"]
+    assert len(starts) == len(turns)
+    for k, start in zip(turns, starts):
+        prompt = "".join(p.text for p in template.render(DIALOGUE[:k], TOOLS, add_generation_prompt=True))
+        assert tok(prompt, add_special_tokens=False)["input_ids"] == enc.input_ids[:start], (family, fmt, k)
+
+
+def test_train_on_selects_kinds(tokenizers):
+    template, tok = get_template("chatml", "native"), tokenizers["chatml", "native"]
+    replies = sum(encode_messages(DIALOGUE, TOOLS, template, tok, ["assistant"]).trained)
+    calls = sum(encode_messages(DIALOGUE, TOOLS, template, tok, ["call"]).trained)
+    both = sum(encode_messages(DIALOGUE, TOOLS, template, tok, ["assistant", "call"]).trained)
+    with_users = sum(encode_messages(DIALOGUE, TOOLS, template, tok, ["assistant", "call", "user"]).trained)
+    assert replies > 0 and calls > 0 and replies + calls == both < with_users
+
+
+def test_overlong_dialogue_is_cut_at_a_turn_boundary(tokenizers):
+    template, tok = get_template("chatml", "native"), tokenizers["chatml", "native"]
+    conv = Conversation(DIALOGUE, TOOLS, source="f.jsonl:7")
+    full = encode_messages(DIALOGUE, TOOLS, template, tok, ["assistant", "call"])
+    first_two_replies = encode_messages(DIALOGUE[:5], TOOLS, template, tok, ["assistant", "call"])
+    cut = encode_conversation(conv, template, tok, ["assistant", "call"], len(full.input_ids) - 1, "truncate")
+    assert cut.truncated and cut.input_ids == first_two_replies.input_ids
+    assert encode_conversation(conv, template, tok, ["assistant", "call"], 10, "drop") is None
+    with pytest.raises(DataError, match=r"f\.jsonl:7: field 'messages'.*exceed train\.seq_len"):
+        encode_conversation(conv, template, tok, ["assistant", "call"], 10, "error")
+
+
+def test_nothing_to_train_names_the_line(tokenizers):
+    template, tok = get_template("chatml", "native"), tokenizers["chatml", "native"]
+    conv = Conversation([Message("user", "你好")], source="data/x.jsonl:3")
+    with pytest.raises(DataError, match=r"data/x\.jsonl:3: field 'messages' nothing to train on"):
+        encode_conversation(conv, template, tok, ["assistant", "call"], 100, "truncate")

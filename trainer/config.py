@@ -1,0 +1,90 @@
+"""The whole run's structured config: Hydra validates every key against these dataclasses,
+so a mistyped key fails before any work, naming the key."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from data.config import DataConfig
+from models.config import ModelConfig, PeftConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 1024  # tokens per packed row
+    batch_size: int = 4  # rows per micro-batch (per rank)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = -1  # optimizer steps; -1: train.epochs over the data
+    epochs: float = 1.0
+    eval_every: int = 0  # steps between dev evaluations; 0: only at the end
+    save_every: int = 0  # steps between checkpoints; 0: only final/
+    log_every: int = 1
+    seed: int = 42
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    precision: str = "auto"  # auto (bf16 autocast where supported, else fp32) | bf16 | fp16 | fp32
+    grad_ckpt: bool = False  # gradient checkpointing
+    device: str = "auto"  # auto | cpu | cuda
+    eval_batches: int = 0  # dev micro-batches per evaluation; 0: the whole dev split
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"  # cosine | linear | constant (all with linear warmup)
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # used when warmup_steps is 0
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "stdout"  # stdout: console + <output_dir>/metrics.jsonl
+
+
+@dataclass
+class DistConfig:
+    name: str = "single"
+    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    timeout_minutes: int = 30
+
+
+@dataclass
+class PreviewConfig:
+    samples: int = 3
+    split: str = "train"
+    json: bool = False
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    output_dir: str = "${hydra:runtime.output_dir}"
+    resume: Optional[str] = None  # auto: newest complete checkpoint in output_dir; or a checkpoint dir
+
+
+def register_configs() -> None:
+    """Make the schema and `${project_root:}` known to Hydra before it composes conf/."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))

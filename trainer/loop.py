@@ -1,0 +1,266 @@
+"""The training loop: packed, loss-masked micro-batches → token-weighted optimizer steps.
+
+Read top to bottom: `Trainer.__init__` builds data, model and optimizer; `train` repeats
+`forward_backward` over the step's micro-batches, `optimizer_step`, then `maybe_log`,
+`maybe_evaluate` and `maybe_checkpoint`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from data.dataset import PackedSplit, load_split
+from data.packing import collate_rows
+from data.sampling import StepSampler
+from data.templates import get_template
+from eval.loss import evaluate_loss, summed_token_loss
+from models.adapters import apply_peft, describe_parameters
+from models.loading import load_model, load_tokenizer
+from trainer import checkpoint
+from trainer.distributed import DistContext, init_distributed
+from trainer.metrics import MetricsLogger
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision={precision!r}; allowed: {list(PRECISIONS)}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; biases and norm weights (1-D tensors) are not decayed."""
+    if cfg.name != "adamw":
+        raise ValueError(f"optim.name={cfg.name!r}; allowed: ['adamw']")
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas),
+                             eps=cfg.eps, fused=device.type == "cuda")
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, dist: DistContext | None = None):
+        self.cfg = cfg
+        t = cfg.train
+        self.dist = dist or init_distributed(t.device, cfg.dist.backend, cfg.dist.timeout_minutes)
+        self.device = self.dist.device
+        self.output_dir = Path(cfg.output_dir)
+        seed_everything(t.seed)
+
+        # Data first: bad input stops the run before any model is loaded or anything is written.
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.template = get_template(cfg.model.template, cfg.model.tool_format)
+        self.train_split = load_split(cfg.data.train, cfg.data, self.template, self.tokenizer, t.seq_len)
+        self.dev_split = (load_split(cfg.data.dev, cfg.data, self.template, self.tokenizer, t.seq_len)
+                          if cfg.data.dev else None)
+        self.sampler = StepSampler(len(self.train_split), t.batch_size, t.grad_accum, self.dist.world_size,
+                                   self.dist.rank, t.seed)
+        self.max_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.sampler.steps_per_epoch))
+
+        model = load_model(cfg.model)
+        if t.grad_ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        self.model = apply_peft(model, cfg.peft, cfg.model).to(self.device)
+        self.model.train()
+        self.autocast_dtype = resolve_precision(t.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        warmup = cfg.sched.warmup_steps or math.ceil(cfg.sched.warmup_ratio * self.max_steps)
+        if cfg.sched.name not in SCHEDULES:
+            raise ValueError(f"sched.name={cfg.sched.name!r}; allowed: {list(SCHEDULES)}")
+        self.scheduler = get_scheduler(SCHEDULES[cfg.sched.name], self.optimizer, num_warmup_steps=warmup,
+                                       num_training_steps=self.max_steps)
+        self.step, self.tokens_seen = 0, 0
+        self.logger = MetricsLogger(self.output_dir, self.dist.is_main)
+        self._window = self._empty_window()
+        self.maybe_resume()
+
+    # ------------------------------------------------------------------ steps
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def micro_batches(self, split: PackedSplit, row_groups: list[list[int]]) -> list[dict[str, torch.Tensor]]:
+        pad = self.tokenizer.pad_token_id
+        return [{k: v.to(self.device) for k, v in collate_rows([split.row(i) for i in rows], pad).items()}
+                for rows in row_groups if rows]
+
+    def forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
+        """Accumulate gradients of (summed token loss / trained tokens of the whole step, all ranks).
+
+        Dividing by the step's total rather than averaging per micro-batch makes 4×1 and
+        1×4 accumulation the same update, and weights every trained token equally.
+        """
+        local = sum(int((b["labels"] != -100).sum()) for b in batches)
+        total = int(self.dist.all_reduce_sum(torch.tensor(float(local))).item())
+        # DDP averages gradients over ranks; scale back so the update is a sum over all tokens.
+        scale = self.dist.world_size / max(total, 1)
+        loss_sum = 0.0
+        for batch in batches:
+            with self.autocast():
+                loss, _ = summed_token_loss(self.model, batch)
+            self.scaler.scale(loss * scale).backward()
+            loss_sum += loss.item()
+        return loss_sum, local
+
+    def optimizer_step(self) -> float:
+        """Clip, step, advance the schedule; returns the global grad norm before clipping."""
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def train(self) -> dict[str, float]:
+        """Run to `max_steps`; returns the final dev metrics (empty without a dev split)."""
+        self.write_config()
+        if self.dist.is_main:
+            tqdm.write(describe_parameters(self.model))
+            tqdm.write(self.train_split.report("train"))
+            if self.dev_split is not None:
+                tqdm.write(self.dev_split.report("dev"))
+            tqdm.write(f"global batch: {self.sampler.rows_per_step} rows × {self.cfg.train.seq_len} tokens "
+                       f"= batch_size {self.cfg.train.batch_size} × grad_accum {self.cfg.train.grad_accum} "
+                       f"× world {self.dist.world_size}; {self.max_steps} steps "
+                       f"({self.sampler.steps_per_epoch} per epoch)")
+        metrics: dict[str, float] = {}
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.dist.is_main, desc="train",
+                   dynamic_ncols=True)
+        while self.step < self.max_steps:
+            start = time.perf_counter()
+            batches = self.micro_batches(self.train_split, self.sampler.micro_batches(self.step))
+            loss_sum, trained = self.forward_backward(batches)
+            grad_norm = self.optimizer_step()
+            self.step += 1
+            tokens = sum(int(b["input_ids"].numel()) for b in batches)
+            self.tokens_seen += tokens
+            self.record(loss_sum, trained, tokens, time.perf_counter() - start, grad_norm)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / max(trained, 1):.4f}",
+                            tok_s=f"{tokens * self.dist.world_size / max(time.perf_counter() - start, 1e-9):.0f}")
+            self.maybe_log()
+            last = self.step == self.max_steps
+            metrics = self.maybe_evaluate(force=last)
+            self.maybe_checkpoint(final=last)
+        bar.close()
+        self.logger.finish()
+        return metrics
+
+    # ------------------------------------------------------------ reporting
+    @staticmethod
+    def _empty_window() -> dict[str, float]:
+        return dict.fromkeys(("loss", "trained", "tokens", "seconds", "grad_norm", "steps"), 0.0)
+
+    def record(self, loss_sum: float, trained: int, tokens: int, seconds: float, grad_norm: float) -> None:
+        w = self._window
+        w["loss"] += loss_sum
+        w["trained"] += trained
+        w["tokens"] += tokens
+        w["seconds"] += seconds
+        w["grad_norm"] += grad_norm
+        w["steps"] += 1
+
+    def maybe_log(self) -> None:
+        every = self.cfg.train.log_every
+        if not (self.step % every == 0 or self.step == self.max_steps) or not self._window["steps"]:
+            return
+        totals = self.dist.all_reduce_sum(torch.tensor([self._window["loss"], self._window["trained"],
+                                                        self._window["tokens"]], dtype=torch.float64))
+        loss, trained, tokens = totals.tolist()
+        w = self._window
+        self.logger.log(self.step, {
+            "train/loss": loss / max(trained, 1),
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/grad_norm": w["grad_norm"] / w["steps"],
+            "train/tokens_per_s": tokens / max(w["seconds"], 1e-9),
+            "train/tokens_seen": self.tokens_seen * self.dist.world_size,
+            "train/epoch": self.step / self.sampler.steps_per_epoch,
+        })
+        self._window = self._empty_window()
+
+    def maybe_evaluate(self, force: bool = False) -> dict[str, float]:
+        every = self.cfg.train.eval_every
+        if self.dev_split is None or not (force or (every > 0 and self.step % every == 0)):
+            return {}
+        rows = list(range(self.dist.rank, len(self.dev_split), self.dist.world_size))
+        size = self.cfg.train.batch_size
+        groups = [rows[i:i + size] for i in range(0, len(rows), size)]
+        if self.cfg.train.eval_batches > 0:
+            groups = groups[:self.cfg.train.eval_batches]
+        result = evaluate_loss(self.model, (self.micro_batches(self.dev_split, [g])[0] for g in groups),
+                               self.autocast, self.dist.all_reduce_sum)
+        self.logger.log(self.step, {"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]})
+        return {"eval/loss": result["loss"]}
+
+    # ---------------------------------------------------------- checkpoints
+    def training_state(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "data": {"seed": self.cfg.train.seed, "step": self.step,
+                         "epoch": self.step // self.sampler.steps_per_epoch}}
+
+    def maybe_checkpoint(self, final: bool = False) -> None:
+        every = self.cfg.train.save_every
+        periodic = every > 0 and self.step % every == 0
+        if not (final or periodic) or not self.dist.is_main:
+            return
+        checkpoint.save_checkpoint(self.output_dir / "checkpoints" / f"step_{self.step}", self.model,
+                                   self.tokenizer, self.training_state())
+        if final:
+            checkpoint.save_checkpoint(self.output_dir / "final", self.model, self.tokenizer, None)
+
+    def maybe_resume(self) -> None:
+        resume = self.cfg.resume
+        if not resume:
+            return
+        directory = checkpoint.latest_checkpoint(self.output_dir) if resume == "auto" else Path(resume)
+        if directory is None:
+            if self.dist.is_main:
+                tqdm.write(f"resume=auto: no checkpoint in {self.output_dir / 'checkpoints'}; starting fresh")
+            return
+        if not (directory / checkpoint.STATE_FILE).is_file():
+            raise FileNotFoundError(f"resume={resume}: {directory} is not a complete checkpoint "
+                                    f"(no {checkpoint.STATE_FILE})")
+        checkpoint.load_weights(self.model, directory)
+        state = checkpoint.load_state(directory)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        checkpoint.set_rng_state(state["rng"])
+        if self.dist.is_main:
+            tqdm.write(f"resumed from {directory} at step {self.step}")
+
+    def write_config(self) -> None:
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.cfg, self.output_dir / "config.yaml", resolve=True)
