@@ -47,7 +47,7 @@ CONVERSATIONS = {
                Message("assistant", "电话是010-83133338。")], [TOOL]),
     "multi_call": ([Message("user", "比较两家酒店"), call({"name": "红驿栈"}, {"name": "维也纳"}),
                     result([{"name": "北京红驿栈酒店", "price": 344}]), result([{"name": "维也纳国际酒店", "price": 553}]),
-                    call({"price_range_upper": 400}), result([]),
+                    call({"price_range_upper": 400}), result([{"found": 0}]),
                     Message("assistant", "红驿栈更便宜。"), Message("user", "再找一家"),
                     call({"name": "如家"})], [TOOL]),
     "tools_no_system_text_first": ([Message("user", "在吗"), Message("assistant", "在的。"),
@@ -188,6 +188,7 @@ def test_text_with_braces_is_a_text_reply(family, fmt):
 @pytest.mark.parametrize("reply", [
     '<tool_call>\n{"name": "search_hotels", "arguments": "not an object"}\n</tool_call>',
     '<tool_call>\n{"name": "search_hotels", "arguments": {"name": "x"}}',  # never closed
+    '<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "b", "arguments": {}}',
     '<tool_call>\n{"arguments": {"name": "x"}}\n</tool_call>',  # no name
 ])
 def test_chatml_malformed_calls_are_invalid(reply):
@@ -291,6 +292,17 @@ def test_glm4_multi_call_segments():
     assert text.endswith('<|assistant|>search_hotels\n{"name": "红驿栈"}<|assistant|>search_hotels\n'
                          '{"name": "维也纳"}<|observation|>\n' + messages[2].content)
 
+
+
+def test_glm4_text_without_leading_newline_is_text():
+    assert get_template("glm4").parse_reply("好的，请稍等。<|user|>") == Message("assistant", "好的，请稍等。")
+
+
+def test_custom_multi_call_is_one_json_object_per_line():
+    messages, tools = CONVERSATIONS["multi_call"]
+    pieces = get_template("chatml", "custom").render(messages[:2], tools)
+    assert pieces[-3:] == [Piece("<|im_start|>", None),
+                           Piece('search\n{"name": "红驿栈"}\n{"name": "维也纳"}<|im_end|>', "call"), Piece("\n", None)]
 
 SPECIAL_LOOKING = re.compile(r"<\|\w+\|>|\[/?[A-Z_]+\]|\[gMASK\]|<sop>|</?s>|<bos>|<eos>|<(?:start|end)_of_turn>")
 
