@@ -19,4 +19,4 @@ class DataConfig:
     system: Optional[str] = None  # system prompt for conversations that have none
     columns: dict[str, str] = field(default_factory=dict)  # csv: role -> column
     filter_column: Optional[str] = None  # csv: keep rows whose value here is truthy
-    cache_dir: str = "${oc.env:TURNPACK_HOME,~/.cache/turnpack}/data"
+    cache_dir: str = "${oc.env:TURNPACK_HOME,'~/.cache/turnpack'}/data"

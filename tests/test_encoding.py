@@ -57,7 +57,7 @@ def test_exactly_the_body_pieces_are_trained(tokenizers, family, fmt):
             buf = ""
     expected += [buf] if buf else []
     assert trained_text == expected
-    assert len(expected) == 4  # one call, three replies; users, system and the tool result carry no loss
+    assert len(expected) == 3  # one call, two replies; users, system and the tool result carry no loss
     assert not any(m.content and m.content in "".join(expected) for m in DIALOGUE if m.role in ("user", "tool"))
 
 

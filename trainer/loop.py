@@ -105,9 +105,13 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def micro_batches(self, split: PackedSplit, row_groups: list[list[int]]) -> list[dict[str, torch.Tensor]]:
-        pad = self.tokenizer.pad_token_id
-        return [{k: v.to(self.device) for k, v in collate_rows([split.row(i) for i in rows], pad).items()}
-                for rows in row_groups if rows]
+        """Collated micro-batches on the device; `num_tokens` counts real (unpadded) tokens."""
+        batches = []
+        for rows in row_groups:
+            loaded = [split.row(i) for i in rows]
+            batch = {k: v.to(self.device) for k, v in collate_rows(loaded, self.tokenizer.pad_token_id).items()}
+            batches.append(batch | {"num_tokens": sum(len(r["input_ids"]) for r in loaded)})
+        return batches
 
     def forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
         """Accumulate gradients of (summed token loss / trained tokens of the whole step, all ranks).
@@ -160,7 +164,7 @@ class Trainer:
             loss_sum, trained = self.forward_backward(batches)
             grad_norm = self.optimizer_step()
             self.step += 1
-            tokens = sum(int(b["input_ids"].numel()) for b in batches)
+            tokens = sum(b["num_tokens"] for b in batches)
             self.tokens_seen += tokens
             self.record(loss_sum, trained, tokens, time.perf_counter() - start, grad_norm)
             bar.update(1)
