@@ -1,0 +1,41 @@
+"""Shared set-up: one TURNPACK_HOME for the whole run (the tiny model is built once, data
+caches are reused), and composing the real conf/ the way launch/train.py does."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+HOTEL = ROOT / "data" / "assets" / "hotel"
+os.environ.setdefault("TURNPACK_HOME", tempfile.mkdtemp(prefix="turnpack-test-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose(*overrides: str):
+    """The run config exactly as Hydra composes it for `launch/train.py overrides...`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from trainer.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def small_hotel(tmp_path: Path, lines: int = 40) -> list[str]:
+    """Overrides for a fast run on the first `lines` hotel dialogues."""
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    train.write_text("".join((HOTEL / "train.jsonl").open(encoding="utf-8").readlines()[:lines]), encoding="utf-8")
+    dev.write_text("".join((HOTEL / "dev.jsonl").open(encoding="utf-8").readlines()[:8]), encoding="utf-8")
+    return [f"data.train={train}", f"data.dev={dev}", "train.seq_len=512", "train.batch_size=2",
+            "train.log_every=1", "train.eval_every=0", "train.save_every=0", f"output_dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture
+def hotel_overrides(tmp_path):
+    return small_hotel(tmp_path)

@@ -1,0 +1,44 @@
+"""A packed document's loss equals its loss alone: packed documents never attend to each other."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data.conversation import Message
+from data.encoding import encode_messages
+from data.packing import IGNORE_INDEX, build_row, collate_rows
+from data.templates import get_template
+from models.config import ModelConfig
+from models.loading import load_model, load_tokenizer
+
+DIALOGUES = [
+    [Message("user", "你好，有没有评分4.5以上的酒店？"), Message("assistant", "有的，北京丽晶酒店评分4.6。")],
+    [Message("user", "电话多少？"), Message("assistant", "010-85221888。"), Message("user", "谢谢"),
+     Message("assistant", "不客气。")],
+    [Message("system", "你是酒店助手。"), Message("user", "推荐一家经济型酒店"), Message("assistant", "如家酒店。")],
+]
+
+
+def per_token_losses(model, batch):
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    losses = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), reduction="none",
+                             ignore_index=IGNORE_INDEX)
+    return losses[batch["labels"].flatten() != IGNORE_INDEX]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_unpacked(attn):
+    cfg = ModelConfig(attn_implementation=attn)
+    tok, model = load_tokenizer(cfg), load_model(cfg).eval()
+    template = get_template("chatml")
+    docs = [encode_messages(d, (), template, tok, ["assistant"]) for d in DIALOGUES]
+    docs = [(d.input_ids, d.trained) for d in docs]
+    with torch.no_grad():
+        packed = per_token_losses(model, collate_rows([build_row(docs)], tok.pad_token_id))
+        alone = torch.cat([per_token_losses(model, collate_rows([build_row([d])], tok.pad_token_id)) for d in docs])
+        # The same row with positions running straight through lets documents see each other.
+        leaky = collate_rows([build_row(docs)], tok.pad_token_id)
+        leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
+        leaked = per_token_losses(model, leaky)
+    assert packed.shape == alone.shape and len(alone) > 20
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+    assert (leaked - alone).abs().max() > 1e-3  # the check above can fail

@@ -1,0 +1,86 @@
+"""The loop: accumulation equivalence, exact resume, loadable outputs."""
+import json
+import shutil
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import compose
+from trainer.loop import Trainer
+
+
+def trainable(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_grad_accumulation_4x1_equals_1x4(hotel_overrides):
+    common = hotel_overrides + ["train.max_steps=1", "peft.dropout=0", "sched.warmup_ratio=0"]
+    runs = [Trainer(compose(*common, "train.batch_size=4", "train.grad_accum=1")),
+            Trainer(compose(*common, "train.batch_size=1", "train.grad_accum=4"))]
+    assert [len(r.sampler.micro_batches(0)) for r in runs] == [1, 4]
+    grads, weights = [], []
+    for run in runs:
+        before = trainable(run)
+        run.forward_backward(run.micro_batches(run.train_split, run.sampler.micro_batches(0)))
+        grads.append({n: p.grad.clone() for n, p in run.model.named_parameters() if p.requires_grad})
+        run.optimizer_step()
+        weights.append(trainable(run))
+        assert any(not torch.equal(before[n], weights[-1][n]) for n in before)
+    for name in grads[0]:  # token-weighted: the same gradient, not a mean of per-micro-batch means
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-8)
+        # Adam divides by |g|, so near-zero gradients amplify rounding: compare to 1% of one lr step
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=2e-5)
+
+
+def test_resume_is_bit_exact(hotel_overrides, tmp_path):
+    common = hotel_overrides + ["train.max_steps=8", "train.save_every=4", "peft.dropout=0.1"]
+    straight = Trainer(compose(*common))
+    straight.train()
+    run = tmp_path / "run"
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run / "checkpoints" / "step_4", resumed_dir / "checkpoints" / "step_4")
+    resumed = Trainer(compose(*common, f"output_dir={resumed_dir}", "resume=auto"))
+    assert resumed.step == 4
+    resumed.train()
+    final_a = load_file(run / "final" / "adapter_model.safetensors")
+    final_b = load_file(resumed_dir / "final" / "adapter_model.safetensors")
+    assert final_a.keys() == final_b.keys()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    # and the last steps did change the weights, so equality is not vacuous
+    mid = load_file(run / "checkpoints" / "step_4" / "adapter_model.safetensors")
+    assert any(not torch.equal(mid[k], final_a[k]) for k in mid)
+
+
+def test_saved_adapter_reloads_and_reproduces_logits(hotel_overrides, tmp_path):
+    trainer = Trainer(compose(*hotel_overrides, "train.max_steps=3"))
+    trainer.train()
+    out = tmp_path / "run"
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"} <= events[0].keys()
+    assert any("eval/loss" in e for e in events)
+    assert (out / "config.yaml").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_3"]  # no temporary dirs left
+    adapter_cfg = json.loads((out / "final" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"])
+    reloaded = PeftModel.from_pretrained(base, out / "final").eval()
+    batch = trainer.micro_batches(trainer.train_split, [[0]])[0]
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        got = reloaded(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_full_fine_tuning_saves_a_standard_model(hotel_overrides, tmp_path):
+    trainer = Trainer(compose(*hotel_overrides, "peft=none", "train.max_steps=2", "optim.lr=1e-3"))
+    trainer.train()
+    final = tmp_path / "run" / "final"
+    assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(final).eval()
+    trained = trainer.model.eval()
+    ids = torch.tensor([[1, 20, 30, 40, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, trained(ids).logits, atol=1e-5, rtol=1e-5)
