@@ -29,6 +29,7 @@ from models.loading import load_model, load_tokenizer
 from trainer import checkpoint
 from trainer.distributed import DistContext, init_distributed
 from trainer.metrics import MetricsLogger
+from trainer.optim import build_optimizer
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -47,17 +48,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; biases and norm weights (1-D tensors) are not decayed."""
-    if cfg.name != "adamw":
-        raise ValueError(f"optim.name={cfg.name!r}; allowed: ['adamw']")
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas),
-                             eps=cfg.eps, fused=device.type == "cuda")
 
 
 class Trainer:
