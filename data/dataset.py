@@ -10,6 +10,7 @@ from typing import Sequence
 
 import datasets
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from data.config import DataConfig
@@ -103,7 +104,10 @@ def encode_file(path: str, cfg: DataConfig, template: ChatTemplate, tokenizer: P
         return datasets.Dataset.from_file(str(cache))
     convs = read_conversations(path, cfg.format, tools=tools, system=cfg.system,
                                columns=dict(cfg.columns), filter_column=cfg.filter_column)
-    encoded = [encode_conversation(c, template, tokenizer, cfg.train_on, max_len, cfg.overlong) for c in convs]
+    # A bar only when encoding takes a while (delay), and only on rank 0 under torchrun.
+    progress = tqdm(convs, desc=f"encoding {Path(path).name}", unit="dialogue", delay=2,
+                    disable=int(os.environ.get("RANK", 0)) != 0)
+    encoded = [encode_conversation(c, template, tokenizer, cfg.train_on, max_len, cfg.overlong) for c in progress]
     cache.parent.mkdir(parents=True, exist_ok=True)
     table = datasets.Dataset.from_dict({"index": list(range(len(encoded)))})
 
@@ -113,7 +117,7 @@ def encode_file(path: str, cfg: DataConfig, template: ChatTemplate, tokenizer: P
                 "truncated": bool(enc and enc.truncated)}
 
     return table.map(to_columns, remove_columns=["index"], cache_file_name=str(cache), new_fingerprint=key,
-                     desc=f"encoding {Path(path).name}")
+                     desc=f"caching {Path(path).name}")
 
 
 def load_split(path: str, cfg: DataConfig, template: ChatTemplate, tokenizer: PreTrainedTokenizerBase,

@@ -66,14 +66,32 @@ def build_row(docs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict[str, 
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
 
 
-def collate_rows(rows: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad rows to the longest; the padding is its own document that trains nothing."""
+def collate_rows(rows: Sequence[dict[str, torch.Tensor]], pad_id: int,
+                 attention_mask: bool = False) -> dict[str, torch.Tensor]:
+    """Right-pad rows to the longest.
+
+    Packed rows get `position_ids` that restart per document, and the padding is its own document
+    that trains nothing. With `attention_mask=True` (one dialogue per row: methods whose virtual
+    tokens sit in front of a whole row) they get an `attention_mask`, 0 on padding, instead.
+    """
     width = max(len(r["input_ids"]) for r in rows)
-    batch = {k: torch.full((len(rows), width), fill, dtype=torch.long)
-             for k, fill in (("input_ids", pad_id), ("labels", IGNORE_INDEX), ("position_ids", 0))}
+    fills = {"input_ids": pad_id, "labels": IGNORE_INDEX}
+    if attention_mask:
+        packed = [i for i, r in enumerate(rows) if bool((r["position_ids"][1:] == 0).any())]
+        if packed:
+            raise ValueError(f"rows {packed[:5]} hold several documents: an attention mask would let them see "
+                             f"each other (build the split with packing=False)")
+        fills["attention_mask"] = 0
+    else:
+        fills["position_ids"] = 0
+    batch = {k: torch.full((len(rows), width), fill, dtype=torch.long) for k, fill in fills.items()}
     for i, r in enumerate(rows):
         n = len(r["input_ids"])
-        for k in batch:
-            batch[k][i, :n] = r[k]
-        batch["position_ids"][i, n:] = torch.arange(width - n)
+        batch["input_ids"][i, :n] = r["input_ids"]
+        batch["labels"][i, :n] = r["labels"]
+        if attention_mask:
+            batch["attention_mask"][i, :n] = 1
+        else:
+            batch["position_ids"][i, :n] = r["position_ids"]
+            batch["position_ids"][i, n:] = torch.arange(width - n)
     return batch

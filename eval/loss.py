@@ -14,15 +14,21 @@ import torch.nn.functional as F
 from data.packing import IGNORE_INDEX
 
 
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")  # whichever of these the batch carries
+
+
 def summed_token_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Sum of cross-entropy over trained tokens, and their count.
 
-    Labels are already shifted per document, so logits and labels line up position by
-    position. No attention mask and no cache: transformers then isolates packed documents
-    by their restarting `position_ids`.
+    Labels are already shifted per document, so logits and labels line up position by position.
+    Packed rows carry `position_ids` and no attention mask: transformers then isolates packed
+    documents by their restarting positions. Unpacked rows (methods with virtual tokens) carry an
+    `attention_mask` instead. Prompt tuning and P-tuning return logits for their virtual tokens
+    first, so only the last T positions are the row's (prefix tuning returns exactly T). No cache.
     """
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
     labels = batch["labels"]
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    logits = model(**inputs, use_cache=False).logits[:, -labels.shape[1]:]
     loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
                            reduction="sum")
     return loss, int((labels != IGNORE_INDEX).sum())

@@ -22,8 +22,25 @@ class ModelConfig:
 
 @dataclass
 class PeftConfig:
-    method: str = "lora"  # none (full fine-tuning) | lora
+    """Which weights train; `method` picks an entry of `models.adapters.PEFT_METHODS`, the other
+    fields are read only by the methods named in their comment."""
+
+    method: str = "lora"  # none | lora | dora | qlora | ia3 | prompt_tuning | p_tuning | prefix_tuning
+    # lora, dora, qlora: a rank-r update B·A scaled by alpha / r, dropout on its input.
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: Optional[list[str]] = None  # None: model.lora_target_modules; ["all-linear"] for every linear
+    # lora, dora, qlora, ia3: modules to adapt. None: model.lora_target_modules; ["all-linear"]: every
+    # linear layer but the output head.
+    target_modules: Optional[list[str]] = None
+    # ia3: those of target_modules whose input is scaled (the MLP's down projection); the others' output is.
+    feedforward_modules: list[str] = field(default_factory=list)
+    # prompt_tuning, p_tuning, prefix_tuning: trained virtual tokens in front of every row.
+    num_virtual_tokens: int = 20
+    prompt_init_text: Optional[str] = None  # prompt_tuning: start from this text's token embeddings; None: random
+    encoder_hidden_size: Optional[int] = None  # p_tuning (and prefix_projection): MLP width; None: the model's hidden size
+    prefix_projection: bool = False  # prefix_tuning: produce the per-layer keys/values through an MLP
+    # qlora: the frozen base is loaded in 4-bit by bitsandbytes; the LoRA adapter stays in fp32.
+    quant_type: str = "nf4"  # nf4 (NormalFloat, the QLoRA paper's) | fp4
+    double_quant: bool = True  # quantise the per-block scales too (about 0.4 bit per parameter saved)
+    compute_dtype: str = "bfloat16"  # dtype the 4-bit weights are dequantised to for each matmul

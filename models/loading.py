@@ -57,27 +57,35 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
-def torch_dtype(name: str):
+def torch_dtype(name: str, key: str = "model.dtype"):
+    """The torch dtype called `name`; `key` names the setting in the error."""
     import torch
 
     if name not in DTYPES:
-        raise ValueError(f"model.dtype {name!r} is not one of {', '.join(DTYPES)}")
+        raise ValueError(f"{key} {name!r} is not one of {', '.join(DTYPES)}")
     return getattr(torch, name)
 
 
-def load_model(cfg: ModelConfig, *, device=None):
-    """`AutoModelForCausalLM` for `cfg`, in `cfg.dtype`, with the KV cache off (training)."""
+def load_model(cfg: ModelConfig, *, device=None, quantization=None):
+    """`AutoModelForCausalLM` for `cfg`, in `cfg.dtype`, with the KV cache off (training), on `device`.
+
+    `quantization` (a transformers quantization config, e.g. the 4-bit bitsandbytes one
+    `models.adapters.quantization_config` gives qlora) quantises the weights as they load, straight
+    onto `device`; unquantised weights load on the CPU and move (DeepSpeed ZeRO-3 allows no device_map).
+    """
     from transformers import AutoModelForCausalLM
 
-    dtype = torch_dtype(cfg.dtype)
+    quantized = quantization is not None
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(cfg),
         revision=cfg.revision,
-        dtype=dtype,  # transformers 5 name (`torch_dtype` is the deprecated alias)
+        dtype=torch_dtype(cfg.dtype),  # transformers 5 name (`torch_dtype` is the deprecated alias)
         attn_implementation=cfg.attn_implementation,
         trust_remote_code=cfg.trust_remote_code,
+        quantization_config=quantization,
+        device_map={"": device} if quantized and device is not None else None,
     )
     model.config.use_cache = False
-    if device is not None:
+    if device is not None and not quantized:
         model.to(device)
     return model

@@ -33,7 +33,8 @@ def small_hotel(tmp_path: Path, lines: int = 40) -> list[str]:
     train.write_text("".join((HOTEL / "train.jsonl").open(encoding="utf-8").readlines()[:lines]), encoding="utf-8")
     dev.write_text("".join((HOTEL / "dev.jsonl").open(encoding="utf-8").readlines()[:8]), encoding="utf-8")
     return [f"data.train={train}", f"data.dev={dev}", "train.seq_len=512", "train.batch_size=2",
-            "train.log_every=1", "train.eval_every=0", "train.save_every=0", f"output_dir={tmp_path / 'run'}"]
+            "train.log_every=1", "train.eval_every=0", "train.save_every=0", "logger.plots=false",
+            f"output_dir={tmp_path / 'run'}"]
 
 
 @pytest.fixture

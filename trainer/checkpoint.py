@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 from peft import PeftModel, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 STATE_FILE = "trainer_state.pt"
+# Prompt learning: peft's adapter file holds the encoder's output (all inference needs), not the
+# encoder (P-tuning's MLP, prefix tuning's projection) that resuming must continue training.
+ENCODER_FILE = "prompt_encoder.safetensors"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -46,6 +49,8 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, tokenizer: Any, sta
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    if isinstance(model, PeftModel) and model.active_peft_config.is_prompt_learning:
+        save_file(model.prompt_encoder.state_dict(), tmp / ENCODER_FILE)
     tokenizer.save_pretrained(tmp)
     if state is not None:
         torch.save(state, tmp / STATE_FILE)
@@ -65,6 +70,9 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def load_weights(model: torch.nn.Module, directory: Path) -> None:
     """Load the weights a checkpoint saved back into the live (possibly adapted) model."""
     directory = Path(directory)
+    if isinstance(model, PeftModel) and (directory / ENCODER_FILE).is_file():
+        model.prompt_encoder.load_state_dict(load_file(directory / ENCODER_FILE))
+        return
     if isinstance(model, PeftModel):
         result = set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
         if result.unexpected_keys:

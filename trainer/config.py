@@ -10,6 +10,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from data.config import DataConfig
+from eval.config import ChatConfig, EvalConfig
 from models.config import ModelConfig, PeftConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ class TrainConfig:
     grad_ckpt: bool = False  # gradient checkpointing
     device: str = "auto"  # auto | cpu | cuda
     eval_batches: int = 0  # dev micro-batches per evaluation; 0: the whole dev split
+    eval_generate_every: int = 0  # steps between slot-F1/BLEU evals on eval.subset dev turns; 0: never
 
 
 @dataclass
@@ -51,7 +53,26 @@ class SchedConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "stdout"  # stdout: console + <output_dir>/metrics.jsonl
+    backend: str = "stdout"  # stdout: console + <output_dir>/metrics.jsonl | wandb: the same, plus a W&B run
+    project: str = "turnpack"
+    entity: Optional[str] = None  # W&B team or user; None: the API key's default
+    group: Optional[str] = None  # None: in a multirun, the sweep id (shared by all its jobs)
+    name: Optional[str] = None  # None: in a multirun, the job's swept overrides; else W&B picks one
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"  # auto (online with an API key configured, else offline) | online | offline | disabled
+    log_checkpoints: bool = False  # upload each saved checkpoint as a W&B model artifact
+    plots: bool = True  # draw <output_dir>/plots/*.png at the end of the run
+
+
+@dataclass
+class PerfConfig:
+    peak_tflops: Optional[float] = None  # per-device peak for train/mfu; None: known CUDA devices' bf16 peak
+
+
+@dataclass
+class SweepConfig:
+    objective: str = "eval/loss"  # final metric the run returns to Hydra sweepers (Optuna optimises it)
+    direction: str = "minimize"  # minimize | maximize (conf/hydra/sweeper/*.yaml read it)
 
 
 @dataclass
@@ -79,12 +100,29 @@ class RunConfig:
     dist: DistConfig = field(default_factory=DistConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     output_dir: str = "${hydra:runtime.output_dir}"
     resume: Optional[str] = None  # auto: newest complete checkpoint in output_dir; or a checkpoint dir
+
+
+@dataclass
+class InferenceConfig(RunConfig):
+    """`launch/evaluate.py` and `launch/chat.py`: a run config plus the checkpoint to load.
+
+    The run's own config.yaml (found beside the checkpoint) supplies model, peft, data and
+    train; the command line overrides any of them.
+    """
+
+    checkpoint: Optional[str] = None  # <run>/final or <run>/checkpoints/step_N; None: the base model (model.path)
+    output_dir: Optional[str] = None  # None: <checkpoint>/eval/<eval.name>[_<eval.split>]
+    chat: ChatConfig = field(default_factory=ChatConfig)
 
 
 def register_configs() -> None:
     """Make the schema and `${project_root:}` known to Hydra before it composes conf/."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="inference_schema", node=InferenceConfig)
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))

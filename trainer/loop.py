@@ -23,13 +23,18 @@ from data.dataset import PackedSplit, load_split
 from data.packing import collate_rows
 from data.sampling import StepSampler
 from data.templates import get_template
+from eval.generate import GenerationSettings
 from eval.loss import evaluate_loss, summed_token_loss
-from models.adapters import apply_peft, describe_parameters
+from eval.turns import load_turns, task_metrics
+from models.adapters import (apply_peft, count_parameters, describe_parameters, peft_method, quantization_config,
+                             unpacked_note)
 from models.loading import load_model, load_tokenizer
 from trainer import checkpoint
 from trainer.distributed import DistContext, init_distributed
-from trainer.metrics import MetricsLogger
+from trainer.flops import document_lengths, model_flops, peak_flops
+from trainer.metrics import open_logger
 from trainer.optim import build_optimizer
+from trainer.redact import redacted_config
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -58,18 +63,27 @@ class Trainer:
         self.device = self.dist.device
         self.output_dir = Path(cfg.output_dir)
         seed_everything(t.seed)
+        # An unknown peft method, or one that cannot train with train.grad_ckpt, fails before any work.
+        self.method = peft_method(cfg.peft, t.grad_ckpt)
 
         # Data first: bad input stops the run before any model is loaded or anything is written.
         self.tokenizer = load_tokenizer(cfg.model)
         self.template = get_template(cfg.model.template, cfg.model.tool_format)
-        self.train_split = load_split(cfg.data.train, cfg.data, self.template, self.tokenizer, t.seq_len)
-        self.dev_split = (load_split(cfg.data.dev, cfg.data, self.template, self.tokenizer, t.seq_len)
+        packing = None if self.method.packs else False  # None: data.packing decides
+        if not self.method.packs and cfg.data.packing and self.dist.is_main:
+            tqdm.write(unpacked_note(cfg.peft))
+        self.train_split = load_split(cfg.data.train, cfg.data, self.template, self.tokenizer, t.seq_len, packing)
+        self.dev_split = (load_split(cfg.data.dev, cfg.data, self.template, self.tokenizer, t.seq_len, packing)
                           if cfg.data.dev else None)
+        # The generation eval's dev turns: this rank's share of the first eval.subset.
+        turns = (load_turns(cfg.data.dev, cfg.data, self.template, cfg.eval.subset)
+                 if cfg.data.dev and t.eval_generate_every > 0 else [])
+        self.dev_turns = turns[self.dist.rank::self.dist.world_size]
         self.sampler = StepSampler(len(self.train_split), t.batch_size, t.grad_accum, self.dist.world_size,
                                    self.dist.rank, t.seed)
         self.max_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.sampler.steps_per_epoch))
 
-        model = load_model(cfg.model)
+        model = load_model(cfg.model, device=self.device, quantization=quantization_config(cfg.peft))
         if t.grad_ckpt:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
@@ -83,8 +97,12 @@ class Trainer:
             raise ValueError(f"sched.name={cfg.sched.name!r}; allowed: {list(SCHEDULES)}")
         self.scheduler = get_scheduler(SCHEDULES[cfg.sched.name], self.optimizer, num_warmup_steps=warmup,
                                        num_training_steps=self.max_steps)
+        self.flops = model_flops(self.model, t.grad_ckpt)
+        self.peak_flops = peak_flops(cfg.perf.peak_tflops, self.device, self.autocast_dtype or self.model.dtype)
         self.step, self.tokens_seen = 0, 0
-        self.logger = MetricsLogger(self.output_dir, self.dist.is_main)
+        trainable, total = count_parameters(self.model)
+        self.logger = open_logger(cfg, self.output_dir, self.dist.is_main,
+                                  {"params": {"trainable": trainable, "total": total}})
         self._window = self._empty_window()
         self.maybe_resume()
 
@@ -95,12 +113,15 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def micro_batches(self, split: PackedSplit, row_groups: list[list[int]]) -> list[dict[str, torch.Tensor]]:
-        """Collated micro-batches on the device; `num_tokens` counts real (unpadded) tokens."""
+        """Collated micro-batches on the device; `num_tokens` counts real (unpadded) tokens and
+        `doc_lengths` lists the packed documents' lengths (what attention costs)."""
         batches = []
         for rows in row_groups:
             loaded = [split.row(i) for i in rows]
-            batch = {k: v.to(self.device) for k, v in collate_rows(loaded, self.tokenizer.pad_token_id).items()}
-            batches.append(batch | {"num_tokens": sum(len(r["input_ids"]) for r in loaded)})
+            batch = {k: v.to(self.device) for k, v in collate_rows(loaded, self.tokenizer.pad_token_id,
+                                                                     attention_mask=not self.method.packs).items()}
+            batches.append(batch | {"num_tokens": sum(len(r["input_ids"]) for r in loaded),
+                                    "doc_lengths": [n for r in loaded for n in document_lengths(r["position_ids"])]})
         return batches
 
     def forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
@@ -156,7 +177,8 @@ class Trainer:
             self.step += 1
             tokens = sum(b["num_tokens"] for b in batches)
             self.tokens_seen += tokens
-            self.record(loss_sum, trained, tokens, time.perf_counter() - start, grad_norm)
+            flops = sum(self.flops.training(b["doc_lengths"]) for b in batches)
+            self.record(loss_sum, trained, tokens, flops, time.perf_counter() - start, grad_norm)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / max(trained, 1):.4f}",
                             tok_s=f"{tokens * self.dist.world_size / max(time.perf_counter() - start, 1e-9):.0f}")
@@ -165,19 +187,21 @@ class Trainer:
             metrics = self.maybe_evaluate(force=last)
             self.maybe_checkpoint(final=last)
         bar.close()
-        self.logger.finish()
+        self.logger.finish(self.summary(metrics))
         return metrics
 
     # ------------------------------------------------------------ reporting
     @staticmethod
     def _empty_window() -> dict[str, float]:
-        return dict.fromkeys(("loss", "trained", "tokens", "seconds", "grad_norm", "steps"), 0.0)
+        return dict.fromkeys(("loss", "trained", "tokens", "flops", "seconds", "grad_norm", "steps"), 0.0)
 
-    def record(self, loss_sum: float, trained: int, tokens: int, seconds: float, grad_norm: float) -> None:
+    def record(self, loss_sum: float, trained: int, tokens: int, flops: float, seconds: float,
+               grad_norm: float) -> None:
         w = self._window
         w["loss"] += loss_sum
         w["trained"] += trained
         w["tokens"] += tokens
+        w["flops"] += flops
         w["seconds"] += seconds
         w["grad_norm"] += grad_norm
         w["steps"] += 1
@@ -187,8 +211,9 @@ class Trainer:
         if not (self.step % every == 0 or self.step == self.max_steps) or not self._window["steps"]:
             return
         totals = self.dist.all_reduce_sum(torch.tensor([self._window["loss"], self._window["trained"],
-                                                        self._window["tokens"]], dtype=torch.float64))
-        loss, trained, tokens = totals.tolist()
+                                                        self._window["tokens"], self._window["flops"]],
+                                                       dtype=torch.float64))
+        loss, trained, tokens, flops = totals.tolist()
         w = self._window
         self.logger.log(self.step, {
             "train/loss": loss / max(trained, 1),
@@ -197,12 +222,31 @@ class Trainer:
             "train/tokens_per_s": tokens / max(w["seconds"], 1e-9),
             "train/tokens_seen": self.tokens_seen * self.dist.world_size,
             "train/epoch": self.step / self.sampler.steps_per_epoch,
+            **self.hardware_metrics(flops, w["seconds"]),
         })
         self._window = self._empty_window()
 
+    def hardware_metrics(self, flops: float, seconds: float) -> dict[str, float]:
+        """MFU (FLOPs of all ranks over their peak; only when the peak is known, see trainer/flops.py)
+        and, on CUDA, the peak memory allocated since the last log in GiB (omitted on CPU)."""
+        metrics = {}
+        if self.peak_flops:
+            metrics["train/mfu"] = flops / (max(seconds, 1e-9) * self.peak_flops * self.dist.world_size)
+        if self.device.type == "cuda":
+            metrics["train/mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return metrics
+
+    def summary(self, final: dict[str, float]) -> dict[str, Any]:
+        """The run's final numbers: steps, tokens and the last evaluation."""
+        return {"train/steps": self.step, "train/tokens_seen": self.tokens_seen * self.dist.world_size, **final}
+
     def maybe_evaluate(self, force: bool = False) -> dict[str, float]:
-        every = self.cfg.train.eval_every
-        if self.dev_split is None or not (force or (every > 0 and self.step % every == 0)):
+        """Dev loss every `eval_every` steps; slot F1 and BLEU-4 of generated dev turns, logged beside
+        it, every `eval_generate_every` steps. Both run at the last step."""
+        every, generate_every = self.cfg.train.eval_every, self.cfg.train.eval_generate_every
+        generate = generate_every > 0 and (force or self.step % generate_every == 0)
+        if self.dev_split is None or not (force or generate or (every > 0 and self.step % every == 0)):
             return {}
         rows = list(range(self.dist.rank, len(self.dev_split), self.dist.world_size))
         size = self.cfg.train.batch_size
@@ -211,8 +255,14 @@ class Trainer:
             groups = groups[:self.cfg.train.eval_batches]
         result = evaluate_loss(self.model, (self.micro_batches(self.dev_split, [g])[0] for g in groups),
                                self.autocast, self.dist.all_reduce_sum)
-        self.logger.log(self.step, {"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]})
-        return {"eval/loss": result["loss"]}
+        logged = {"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]}
+        if generate:
+            settings = GenerationSettings.from_config(self.cfg.eval)
+            scores = task_metrics(self.model, self.tokenizer, self.template, self.dev_turns, settings,
+                                  self.autocast, self.dist.all_reduce_sum)
+            logged |= {f"eval/{name}": value for name, value in scores.items()}
+        self.logger.log(self.step, logged)
+        return logged
 
     # ---------------------------------------------------------- checkpoints
     def training_state(self) -> dict[str, Any]:
@@ -227,8 +277,9 @@ class Trainer:
         periodic = every > 0 and self.step % every == 0
         if not (final or periodic) or not self.dist.is_main:
             return
-        checkpoint.save_checkpoint(self.output_dir / "checkpoints" / f"step_{self.step}", self.model,
-                                   self.tokenizer, self.training_state())
+        saved = checkpoint.save_checkpoint(self.output_dir / "checkpoints" / f"step_{self.step}", self.model,
+                                           self.tokenizer, self.training_state())
+        self.logger.log_checkpoint(saved, self.step)
         if final:
             checkpoint.save_checkpoint(self.output_dir / "final", self.model, self.tokenizer, None)
 
@@ -255,6 +306,9 @@ class Trainer:
             tqdm.write(f"resumed from {directory} at step {self.step}")
 
     def write_config(self) -> None:
+        """config.yaml and its console echo, resolved, with secrets redacted (trainer/redact.py)."""
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(self.cfg, self.output_dir / "config.yaml", resolve=True)
+            text = OmegaConf.to_yaml(redacted_config(self.cfg))
+            (self.output_dir / "config.yaml").write_text(text, encoding="utf-8")
+            tqdm.write(f"config:\n{text}")

@@ -1,29 +1,117 @@
-"""One training job from a composed config, with input errors shown as one clear line."""
+"""One training job from a composed config: input errors as one clear line, and in a Hydra multirun
+(basic launcher, Optuna, Slurm) W&B names and groups per sweep and failed jobs that do not stop it."""
 from __future__ import annotations
 
 import os
 import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from data.errors import DataError
 from trainer.distributed import shutdown_distributed
 from trainer.loop import Trainer
+from trainer.metrics import close_failed_run
+from trainer.redact import redact, redact_overrides
 
 # Problems with what the user gave us (a bad line, a missing path, a value outside its
 # allowed set): one line, no traceback, unless HYDRA_FULL_ERROR=1 asks for it.
 USER_ERRORS = (DataError, FileNotFoundError, ValueError)
+FAILED_FILE = "FAILED"
+
+
+@dataclass
+class SweepJob:
+    """Where this process sits in a Hydra multirun."""
+
+    num: int = 0
+    overrides: list[str] = field(default_factory=list)  # this job's task overrides
+    swept: list[str] = field(default_factory=list)  # of those, the ones the sweep varies
+    sweep_id: str = ""
+
+    @property
+    def name(self) -> str:
+        """The W&B run name: the job's swept overrides (all of them if none is known to be swept)."""
+        return ",".join(self.swept or self.overrides) or f"job{self.num}"
 
 
 def run_training(cfg: DictConfig) -> float | None:
-    """Train and return the final dev loss (None without a dev split), the value sweeps optimise."""
+    """Train and return the final `sweep.objective` metric (None when the run measured none).
+
+    In a multirun a failed job returns NaN instead of raising (see `record_failure`), and a
+    missing objective fails the job, since a sweeper cannot rank it.
+    """
+    job = sweep_job()
+    if job is not None:
+        label_sweep_run(cfg, job)
     try:
         metrics = Trainer(cfg).train()
-    except USER_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        value = metrics.get(cfg.sweep.objective)
+        if value is None and job is not None:
+            raise ValueError(f"sweep.objective={cfg.sweep.objective!r} was not measured; the run's final "
+                             f"metrics: {sorted(metrics)} (a dev split gives eval/loss)")
+        return value
+    except Exception as err:
+        if job is not None:
+            return record_failure(cfg, job, err)
+        if isinstance(err, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
     finally:
         shutdown_distributed()
-    return metrics.get("eval/loss")
+
+
+def sweep_job() -> SweepJob | None:
+    """This job's place in a Hydra multirun; None outside one."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra = HydraConfig.get()
+    overrides = list(hydra.overrides.task)
+    keys = swept_keys(sys.argv[1:], list(hydra.sweeper.get("params") or {}))
+    swept = [o for o in overrides if o.partition("=")[0].lstrip("+~") in keys]
+    return SweepJob(int(hydra.job.num), overrides, swept, "/".join(Path(hydra.sweep.dir).parts[-2:]))
+
+
+def swept_keys(argv: list[str], sweeper_params: list[str]) -> set[str]:
+    """Keys a multirun varies: `hydra.sweeper.params` and command-line sweeps (`a=1,2`, `interval(...)`).
+
+    The command line is only this process's own under launchers that run jobs in it (basic,
+    and Optuna over it); elsewhere (Slurm) the job's name falls back to all its overrides.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+    except HydraException:
+        parsed = []
+    return set(sweeper_params) | {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def label_sweep_run(cfg: DictConfig, job: SweepJob) -> None:
+    """Name the job's W&B run after its overrides and group it by sweep, unless the config says otherwise."""
+    if cfg.logger.name is None:
+        cfg.logger.name = job.name
+    if cfg.logger.group is None:
+        cfg.logger.group = job.sweep_id
+
+
+def record_failure(cfg: DictConfig, job: SweepJob, err: Exception) -> float:
+    """Report a failed sweep job with its overrides, leave `<output_dir>/FAILED` saying why, and return
+    NaN: the basic launcher goes on with the next job, and Optuna records the trial as failed
+    (a NaN objective) and goes on too."""
+    close_failed_run()
+    detail = f"{err}\n" if isinstance(err, USER_ERRORS) else traceback.format_exc()
+    message = redact(f"job #{job.num} ({' '.join(redact_overrides(job.overrides))}) failed: {detail}")
+    print(f"error: {message}", file=sys.stderr, end="")
+    if int(os.environ.get("RANK", 0)) == 0:  # torchrun: one record per job
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / FAILED_FILE).write_text(message, encoding="utf-8")
+    return float("nan")

@@ -1,0 +1,88 @@
+"""Dialogues → one evaluation item per assistant-side turn, and the model's prediction for each.
+
+A turn's prompt is the gold history before it rendered with the generation prompt, which
+is byte for byte what training put before that turn's body (the templates' invariant), so
+the model is asked exactly what it was taught to answer.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from data.config import DataConfig
+from data.dataset import load_tools
+from data.formats import read_conversations
+from data.templates import ChatTemplate
+from eval.generate import GenerationSettings, generate_turns
+from eval.hotel import as_turn, score_turn, slot_prf
+
+
+@dataclass(frozen=True)
+class Turn:
+    prompt: str  # rendered gold history + generation prompt
+    reference: dict[str, Any]  # the gold turn as a record (eval.hotel.as_turn)
+    source: str  # "path:line" of the dialogue
+    index: int  # the turn's position in the dialogue's messages
+    user: str  # the latest user message before the turn, for side-by-side reports
+
+
+def load_turns(path: str, data: DataConfig, template: ChatTemplate, limit: int = 0) -> list[Turn]:
+    """Every assistant reply and call of a data file (the first `limit` when > 0), read as training reads it."""
+    conversations = read_conversations(path, data.format, tools=load_tools(data.tools), system=data.system,
+                                       columns=dict(data.columns), filter_column=data.filter_column)
+    turns = []
+    for conv in conversations:
+        user = ""
+        for k, msg in enumerate(conv.messages):
+            if msg.role == "user":
+                user = msg.content
+            if msg.role != "assistant":
+                continue
+            prompt = "".join(p.text for p in template.render(conv.messages[:k], conv.tools, add_generation_prompt=True))
+            turns.append(Turn(prompt, as_turn(msg), conv.source, k, user))
+            if len(turns) == limit:
+                return turns
+    return turns
+
+
+def predict_turns(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+                  turns: Sequence[Turn], settings: GenerationSettings,
+                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                  desc: str | None = None) -> list[dict[str, Any]]:
+    """Generate every turn and classify it with the template's own call format.
+
+    Each record is a predictions.jsonl line: source, turn, reference, prediction, raw text.
+    """
+    raw = generate_turns(model, tokenizer, [t.prompt for t in turns], template.stop_strings, settings, autocast,
+                         desc)
+    return [{"source": t.source, "turn": t.index, "reference": t.reference,
+             "prediction": as_turn(template.parse_reply(text)), "raw": text} for t, text in zip(turns, raw)]
+
+
+def task_metrics(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+                 turns: Sequence[Turn], settings: GenerationSettings,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, float]:
+    """Slot F1 and mean sentence BLEU-4 of this rank's `turns`, summed over ranks by `reduce`.
+
+    What training logs as eval/slot_f1 and eval/bleu4; a metric with no turns of its kind
+    on any rank is left out.
+    """
+    records = predict_turns(model, tokenizer, template, turns, settings, autocast)
+    scores = [score_turn(r["reference"], r["prediction"]) for r in records]
+    calls = [s for s in scores if s.reference == "call"]
+    texts = [s for s in scores if s.reference == "text"]
+    sums = torch.tensor([sum(s.slot_correct for s in calls), sum(s.slot_predicted for s in calls),
+                         sum(s.slot_gold for s in calls), len(calls), sum(s.bleu4 for s in texts), len(texts)],
+                        dtype=torch.float64)
+    correct, predicted, gold, n_calls, bleu_sum, n_texts = reduce(sums).tolist()
+    metrics = {}
+    if n_calls:
+        metrics["slot_f1"] = slot_prf(correct, predicted, gold)[2]
+    if n_texts:
+        metrics["bleu4"] = bleu_sum / n_texts
+    return metrics

@@ -1,0 +1,111 @@
+"""A training checkpoint → a standalone Hugging Face directory that needs nothing from this project.
+
+Three outcomes: an adapter merged into its base (`merge=true`: LoRA, DoRA, IA3, QLoRA) → a plain
+`AutoModelForCausalLM` directory; an adapter as is → `adapter_model.safetensors` + `adapter_config.json`
+for `PeftModel.from_pretrained`; a full fine-tuning checkpoint → the model as is. Every export carries
+the tokenizer with its chat template, and no training state.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from models.adapters import PEFT_METHODS
+from models.loading import torch_dtype
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class ExportConfig:
+    """`conf/export.yaml`: `python launch/export.py checkpoint=<dir> output_dir=<dir> [merge=true]`."""
+
+    checkpoint: str = "???"  # <run>/final or <run>/checkpoints/step_N
+    output_dir: str = "???"  # must not exist yet (or be empty)
+    merge: bool = False  # fold the adapter into the base weights (lora, dora, ia3, qlora)
+    # Weights' dtype when merging (or re-saving a full model): float32 | bfloat16 | float16. None: the run's
+    # model.dtype; for qlora its peft.compute_dtype (the base is never written in 4-bit); without the run's
+    # config.yaml, the dtype the weights are stored in.
+    dtype: Optional[str] = None
+    max_shard_size: str = "5GB"  # larger models are written as model-0000N-of-0000M.safetensors shards
+
+
+def run_config(checkpoint: Path) -> DictConfig | None:
+    """The training run's resolved config.yaml: in the checkpoint, its run dir, or above checkpoints/."""
+    for directory in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
+        if (directory / "config.yaml").is_file():
+            return OmegaConf.load(directory / "config.yaml")
+    return None
+
+
+def _dtype(dtype: str | None, run: DictConfig | None) -> Any:
+    """The dtype to write merged or full weights in (see `ExportConfig.dtype`); "auto": as stored."""
+    if dtype:
+        return torch_dtype(dtype, "dtype")
+    if run is None:
+        return "auto"
+    if PEFT_METHODS[run.peft.method].quantized:
+        return torch_dtype(run.peft.compute_dtype, "peft.compute_dtype")
+    return torch_dtype(run.model.dtype)
+
+
+def _save_standalone(model: Any, output: Path, max_shard_size: str) -> None:
+    model.config.use_cache = True  # training switched it off; an exported model serves generation
+    model.save_pretrained(output, max_shard_size=max_shard_size)
+
+
+def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, merge: bool = False, dtype: str | None = None,
+                      max_shard_size: str = "5GB") -> str:
+    """Write `checkpoint` to `output_dir` as described in the module docstring; returns what was written."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint, output = Path(checkpoint).resolve(), Path(output_dir).resolve()
+    adapter = checkpoint / ADAPTER_FILES[0]
+    if not adapter.is_file() and not (checkpoint / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint={checkpoint}: neither adapter_config.json nor config.json there")
+    if output.exists() and any(output.iterdir()):
+        raise ValueError(f"output_dir={output} is not empty; choose a new directory")
+    run = run_config(checkpoint)
+    trust_remote_code = bool(run and run.model.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+
+    if not adapter.is_file():  # full fine-tuning: the weights already are the model
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=_dtype(dtype, run),
+                                                     trust_remote_code=trust_remote_code)
+        _save_standalone(model, output, max_shard_size)
+        what = "full fine-tuned model (nothing to merge)" if merge else "full fine-tuned model"
+    elif not merge:
+        output.mkdir(parents=True, exist_ok=True)
+        for name in ADAPTER_FILES:
+            shutil.copy2(checkpoint / name, output / name)
+        what = "adapter (load it with PeftModel.from_pretrained on its base)"
+    else:
+        from peft import PeftConfig, PeftModel
+
+        adapter_cfg = PeftConfig.from_pretrained(checkpoint)
+        peft_type = adapter_cfg.peft_type.value.lower()
+        if adapter_cfg.is_prompt_learning:
+            raise ValueError(f"checkpoint={checkpoint} is a {peft_type} adapter: its virtual tokens are extra inputs, "
+                             f"not a change to any base weight, so merge=true cannot fold them in; export it "
+                             f"without merge (adapter + tokenizer, loadable with PeftModel.from_pretrained)")
+        # QLoRA too: the base is loaded unquantised, so the merged weights are full precision.
+        base = AutoModelForCausalLM.from_pretrained(adapter_cfg.base_model_name_or_path, revision=adapter_cfg.revision,
+                                                    dtype=_dtype(dtype, run), trust_remote_code=trust_remote_code)
+        merged = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
+        _save_standalone(merged, output, max_shard_size)
+        what = f"{peft_type} adapter merged into {adapter_cfg.base_model_name_or_path} ({merged.dtype})"
+    tokenizer.save_pretrained(output)
+    if not tokenizer.chat_template:
+        what += "; note: the tokenizer has no chat template"
+    return what
+
+
+def describe_export(output: Path) -> str:
+    """The files of an export, one line."""
+    sizes = {p.name: p.stat().st_size for p in sorted(Path(output).iterdir()) if p.is_file()}
+    return ", ".join(f"{name} ({size / 2**20:.1f} MiB)" if size > 2**20 else name for name, size in sizes.items())
+
