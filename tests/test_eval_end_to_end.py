@@ -82,7 +82,7 @@ def test_evaluate_cli_writes_predictions_metrics_and_the_table(runs):
     assert [r["reference"] for r in lines] == [t.reference for t in turns]
     assert all(r["prediction"]["role"] in ("search", "assistant", "invalid") and "raw" in r for r in lines)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["turns"] == len(turns) and metrics["method"] == "LoRA" and metrics["data"] == str(runs / "test.jsonl")
+    assert (metrics["turns"], metrics["method"], metrics["data"]) == (len(turns), "LoRA", str(runs / "test.jsonl"))
     assert {"slot_precision", "slot_recall", "slot_f1", "bleu4", "corpus_bleu4", "turn_type_accuracy", "confusion",
             "invalid_call_rate"} <= metrics.keys()
     assert "| Model | Method | BLEU-4 | SLOT-P | SLOT-R | SLOT-F1 |" in run.stdout and "| tiny | LoRA |" in run.stdout

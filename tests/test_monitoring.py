@@ -95,7 +95,7 @@ def test_wandb_run_logs_everything_and_no_secret_anywhere(tmp_path):
     run_dir = tmp_path / "run"
     overrides = small_hotel(tmp_path, lines=12) + [
         f"hydra.run.dir={run_dir}", "train.max_steps=2", "logger=wandb", "logger.mode=offline",
-        "logger.log_checkpoints=true", "logger.tags=[ci]", "perf.peak_tflops=1",
+        "logger.log_checkpoints=true", "logger.plots=true", "logger.tags=[ci]", "perf.peak_tflops=1",
         "logger.name=${oc.env:TURNPACK_TEST_API_KEY}", "data.system=${oc.env:TURNPACK_TEST_API_KEY}"]
     run = subprocess.run([sys.executable, "launch/train.py", *overrides], cwd=ROOT, env=env, capture_output=True,
                          text=True)
