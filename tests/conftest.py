@@ -40,3 +40,27 @@ def small_hotel(tmp_path: Path, lines: int = 40) -> list[str]:
 @pytest.fixture
 def hotel_overrides(tmp_path):
     return small_hotel(tmp_path)
+
+
+def assert_resume_matches(common: list[str], tmp_path: Path, at_step: int = 4) -> None:
+    """After a straight run of `common` (which saved checkpoints/step_<at_step>), resume a copy of that
+    checkpoint in a fresh output dir and check the final adapter is bit-identical, and not vacuously so."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from trainer.loop import Trainer
+
+    run, resumed_dir = tmp_path / "run", tmp_path / "resumed"
+    step_dir = f"checkpoints/step_{at_step}"
+    shutil.copytree(run / step_dir, resumed_dir / step_dir)
+    resumed = Trainer(compose(*common, f"output_dir={resumed_dir}", "resume=auto"))
+    assert resumed.step == at_step
+    resumed.train()
+    final_a = load_file(run / "final" / "adapter_model.safetensors")
+    final_b = load_file(resumed_dir / "final" / "adapter_model.safetensors")
+    assert final_a.keys() == final_b.keys()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    mid = load_file(run / step_dir / "adapter_model.safetensors")
+    assert any(not torch.equal(mid[k], final_a[k]) for k in mid)  # the resumed steps changed the weights
