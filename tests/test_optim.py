@@ -41,11 +41,11 @@ def test_resume_is_bit_exact_for_every_optimizer(name, hotel_overrides, tmp_path
     fallback = [w for w in caught if "paging needs CUDA unified memory" in str(w.message)]
     assert len(fallback) == (name in PAGED)
     if name in PAGED:  # on CPU the unpaged equivalent runs, and bitsandbytes' own paging warning never fires
-        assert not straight.optimizer.is_paged and not any("Paged optimizers" in str(w.message) for w in caught)
+        assert not straight.engine.optimizer.is_paged and not any("Paged optimizers" in str(w.message) for w in caught)
     straight.train()
     expected = {"adamw": torch.float32, "adamw_8bit": torch.uint8, "paged_adamw_8bit": torch.uint8,
                 "paged_adamw_32bit": torch.float32}[name]
-    assert moment_dtypes(straight.optimizer.state) == {expected}
+    assert moment_dtypes(straight.engine.optimizer.state) == {expected}
     run = tmp_path / "run"
     # the checkpoint holds the real state (8-bit stays uint8) and loads under weights_only=True
     saved = checkpoint.load_state(run / "checkpoints" / "step_4")["optimizer"]["state"]

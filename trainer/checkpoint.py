@@ -43,21 +43,51 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any] | None) -> Path:
-    """Write weights (adapter or full, safetensors), tokenizer and, if given, training state; atomically."""
+def staging_dir(directory: Path, create: bool = True) -> Path:
+    """The temporary directory a checkpoint is written into before `commit` renames it
+    (made empty when `create`). Its name is the same on every rank, so the ranks of one job
+    write their shards side by side; one rank creates it."""
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    if create:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_files(tmp: Path, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any] | None,
+                weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Weights (adapter or full, safetensors), tokenizer and, if given, training state.
+
+    `weights` replaces the module's own state dict (ZeRO-3 gathers it from the shards).
+    """
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
     if isinstance(model, PeftModel) and model.active_peft_config.is_prompt_learning:
         save_file(model.prompt_encoder.state_dict(), tmp / ENCODER_FILE)
     tokenizer.save_pretrained(tmp)
     if state is not None:
         torch.save(state, tmp / STATE_FILE)
+
+
+def commit(tmp: Path, directory: Path) -> Path:
+    """Replace `directory` by the finished `tmp` in one rename."""
+    directory = Path(directory)
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
     return directory
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any] | None) -> Path:
+    """One process's whole checkpoint, atomically (the loop runs the same steps across ranks)."""
+    tmp = staging_dir(directory)
+    write_files(tmp, model, tokenizer, state)
+    return commit(tmp, directory)
+
+
+def rank_rng_file(directory: Path, rank: int) -> Path:
+    """Ranks other than 0 keep their own RNG streams here (rank 0's is in trainer_state.pt)."""
+    return Path(directory) / f"rng_state_rank{rank}.pt"
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

@@ -2,6 +2,8 @@
 so a mistyped key fails before any work, naming the key."""
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -78,8 +80,14 @@ class SweepConfig:
 @dataclass
 class DistConfig:
     name: str = "single"
+    engine: str = "torch"  # torch (one process; DDP when torchrun starts several) | deepspeed
+    zero_stage: int = 0  # deepspeed: 1 optimizer states, 2 + gradients, 3 + parameters sharded
+    offload_optimizer: bool = False  # deepspeed: optimizer states and step on the CPU
+    offload_params: bool = False  # deepspeed ZeRO-3: parameters on the CPU
     backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
-    timeout_minutes: int = 30
+    timeout_minutes: float = 30  # a collective waiting longer than this fails the job (a dead rank)
+    bucket_size: int = 200_000_000  # deepspeed reduce / all-gather bucket, in elements
+    deepspeed_config: Optional[str] = None  # a DeepSpeed JSON file used instead of the generated one
 
 
 @dataclass
@@ -126,3 +134,14 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="inference_schema", node=InferenceConfig)
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+
+
+RUN_STAMP_ENV = "TURNPACK_RUN_STAMP"
+
+
+def run_stamp() -> str:
+    """`<date>/<time>` naming the run (or sweep) directory: rank 0's under torchrun, where
+    `trainer.run.share_run_dir` broadcasts it before Hydra composes; else now."""
+    return os.environ.get(RUN_STAMP_ENV) or time.strftime("%Y-%m-%d/%H-%M-%S")

@@ -4,8 +4,10 @@ Works unchanged under `python launch/train.py` (one process, no group) and torch
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -40,18 +42,61 @@ class DistContext:
             dist.barrier()
 
 
-def init_distributed(device: str = "auto", backend: str = "auto", timeout_minutes: int = 30) -> DistContext:
-    """Join the process group torchrun describes in the environment, if there is one."""
+def init_distributed(device: str = "auto", backend: str = "auto", timeout_minutes: float = 30,
+                     always: bool = False) -> DistContext:
+    """Join the process group torchrun (or Slurm, see `slurm_to_torchrun_env`) describes in the
+    environment, if there is one; with `always`, make a one-process group when there is none.
+
+    A collective that waits longer than `timeout_minutes` (a dead rank, a lost node) raises
+    instead of hanging, so the job fails within a bounded time.
+    """
+    slurm_to_torchrun_env()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or always) and not dist.is_initialized():
         chosen = backend if backend != "auto" else ("nccl" if use_cuda else "gloo")
-        dist.init_process_group(chosen, timeout=datetime.timedelta(minutes=timeout_minutes))
+        # Without a launcher's environment: a group of one on a free local port (DeepSpeed reads LOCAL_RANK).
+        alone = {} if "RANK" in os.environ else {"init_method": f"tcp://127.0.0.1:{free_port()}", "rank": 0,
+                                                  "world_size": 1}
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
+        dist.init_process_group(chosen, timeout=datetime.timedelta(minutes=timeout_minutes),
+                                device_id=dev if chosen == "nccl" else None, **alone)
+        # One group for the life of the process: torchrun's store cannot host a second one, so
+        # the jobs of a multirun share it and it is destroyed only at exit.
+        atexit.register(shutdown_distributed)
     return DistContext(rank, local_rank, world, dev)
+
+
+def broadcast_from_main(value: str) -> str:
+    """Rank 0's `value` on every rank (the value itself outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def slurm_to_torchrun_env() -> None:
+    """Inside a Slurm job submitted by hydra-submitit-launcher (one task per GPU), export what
+    torchrun would have: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR (the first node), MASTER_PORT.
+
+    Nothing happens under torchrun (RANK is set) or outside submitit's Slurm jobs.
+    """
+    if "RANK" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def shutdown_distributed() -> None:

@@ -11,7 +11,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from data.dataset import PackedSplit, load_split
-from data.packing import collate_rows
+from data.packing import IGNORE_INDEX, collate_rows
 from data.sampling import StepSampler
 from data.templates import get_template
 from eval.generate import GenerationSettings
@@ -31,6 +31,7 @@ from models.adapters import (apply_peft, count_parameters, describe_parameters, 
 from models.loading import load_model, load_tokenizer
 from trainer import checkpoint
 from trainer.distributed import DistContext, init_distributed
+from trainer.engines import Engine, build_engine, check_engine
 from trainer.flops import document_lengths, model_flops, peak_flops
 from trainer.metrics import open_logger
 from trainer.optim import build_optimizer
@@ -59,12 +60,15 @@ class Trainer:
     def __init__(self, cfg: DictConfig, dist: DistContext | None = None):
         self.cfg = cfg
         t = cfg.train
-        self.dist = dist or init_distributed(t.device, cfg.dist.backend, cfg.dist.timeout_minutes)
+        # An unknown peft method or engine, or a combination that cannot train, fails before any work.
+        self.method = peft_method(cfg.peft, t.grad_ckpt)
+        check_engine(cfg, self.method.quantized)
+        # DeepSpeed wants a process group even for one process.
+        self.dist = dist or init_distributed(t.device, cfg.dist.backend, cfg.dist.timeout_minutes,
+                                             always=cfg.dist.engine == "deepspeed")
         self.device = self.dist.device
         self.output_dir = Path(cfg.output_dir)
         seed_everything(t.seed)
-        # An unknown peft method, or one that cannot train with train.grad_ckpt, fails before any work.
-        self.method = peft_method(cfg.peft, t.grad_ckpt)
 
         # Data first: bad input stops the run before any model is loaded or anything is written.
         self.tokenizer = load_tokenizer(cfg.model)
@@ -90,19 +94,24 @@ class Trainer:
         self.model = apply_peft(model, cfg.peft, cfg.model).to(self.device)
         self.model.train()
         self.autocast_dtype = resolve_precision(t.precision, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        # fp16 loss scaling: ours for torch engines, DeepSpeed's own under DeepSpeed.
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16
+                                      and cfg.dist.engine == "torch")
+        optimizer = build_optimizer(self.model, cfg.optim, self.device)
         warmup = cfg.sched.warmup_steps or math.ceil(cfg.sched.warmup_ratio * self.max_steps)
         if cfg.sched.name not in SCHEDULES:
             raise ValueError(f"sched.name={cfg.sched.name!r}; allowed: {list(SCHEDULES)}")
-        self.scheduler = get_scheduler(SCHEDULES[cfg.sched.name], self.optimizer, num_warmup_steps=warmup,
-                                       num_training_steps=self.max_steps)
+        scheduler = get_scheduler(SCHEDULES[cfg.sched.name], optimizer, num_warmup_steps=warmup,
+                                  num_training_steps=self.max_steps)
+        # What runs the backward and the step: one process, DDP, or DeepSpeed ZeRO (trainer/engines.py).
+        self.engine: Engine = build_engine(cfg, self.model, optimizer, scheduler, scaler, self.autocast_dtype,
+                                           self.dist)
         self.flops = model_flops(self.model, t.grad_ckpt)
         self.peak_flops = peak_flops(cfg.perf.peak_tflops, self.device, self.autocast_dtype or self.model.dtype)
         self.step, self.tokens_seen = 0, 0
         trainable, total = count_parameters(self.model)
         self.logger = open_logger(cfg, self.output_dir, self.dist.is_main,
-                                  {"params": {"trainable": trainable, "total": total}})
+                                  {"params": {"trainable": trainable, "total": total}, "batch": self.global_batch()})
         self._window = self._empty_window()
         self.maybe_resume()
 
@@ -129,30 +138,25 @@ class Trainer:
 
         Dividing by the step's total rather than averaging per micro-batch makes 4×1 and
         1×4 accumulation the same update, and weights every trained token equally.
+        Gradients are synchronised across ranks on the last micro-batch only.
         """
         local = sum(int((b["labels"] != -100).sum()) for b in batches)
         total = int(self.dist.all_reduce_sum(torch.tensor(float(local))).item())
-        # DDP averages gradients over ranks; scale back so the update is a sum over all tokens.
+        # DDP and DeepSpeed average gradients over ranks; scale back so the update is a sum over all tokens.
         scale = self.dist.world_size / max(total, 1)
         loss_sum = 0.0
-        for batch in batches:
-            with self.autocast():
-                loss, _ = summed_token_loss(self.model, batch)
-            self.scaler.scale(loss * scale).backward()
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            with self.engine.no_sync(last):
+                with self.autocast():
+                    loss, _ = summed_token_loss(self.engine.model, batch)
+                self.engine.backward(loss * scale, last)
             loss_sum += loss.item()
         return loss_sum, local
 
     def optimizer_step(self) -> float:
         """Clip, step, advance the schedule; returns the global grad norm before clipping."""
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return self.engine.step()
 
     def train(self) -> dict[str, float]:
         """Run to `max_steps`; returns the final dev metrics (empty without a dev split)."""
@@ -165,7 +169,8 @@ class Trainer:
             tqdm.write(f"global batch: {self.sampler.rows_per_step} rows × {self.cfg.train.seq_len} tokens "
                        f"= batch_size {self.cfg.train.batch_size} × grad_accum {self.cfg.train.grad_accum} "
                        f"× world {self.dist.world_size}; {self.max_steps} steps "
-                       f"({self.sampler.steps_per_epoch} per epoch)")
+                       f"({self.sampler.steps_per_epoch} per epoch); dist={self.cfg.dist.name} "
+                       f"({type(self.engine).__name__})")
         metrics: dict[str, float] = {}
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.dist.is_main, desc="train",
                    dynamic_ncols=True)
@@ -217,7 +222,7 @@ class Trainer:
         w = self._window
         self.logger.log(self.step, {
             "train/loss": loss / max(trained, 1),
-            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/lr": self.engine.lr(),
             "train/grad_norm": w["grad_norm"] / w["steps"],
             "train/tokens_per_s": tokens / max(w["seconds"], 1e-9),
             "train/tokens_seen": self.tokens_seen * self.dist.world_size,
@@ -237,9 +242,16 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         return metrics
 
+    def global_batch(self) -> dict[str, int]:
+        """Rows per optimizer step = micro-batch × accumulation × world size."""
+        t = self.cfg.train
+        return {"micro_batch": t.batch_size, "grad_accum": t.grad_accum, "world_size": self.dist.world_size,
+                "global_rows": self.sampler.rows_per_step}
+
     def summary(self, final: dict[str, float]) -> dict[str, Any]:
-        """The run's final numbers: steps, tokens and the last evaluation."""
-        return {"train/steps": self.step, "train/tokens_seen": self.tokens_seen * self.dist.world_size, **final}
+        """The run's final numbers: steps, tokens, global batch and the last evaluation."""
+        return {"train/steps": self.step, "train/tokens_seen": self.tokens_seen * self.dist.world_size,
+                "train/global_batch_rows": self.sampler.rows_per_step, **final}
 
     def maybe_evaluate(self, force: bool = False) -> dict[str, float]:
         """Dev loss every `eval_every` steps; slot F1 and BLEU-4 of generated dev turns, logged beside
@@ -248,13 +260,7 @@ class Trainer:
         generate = generate_every > 0 and (force or self.step % generate_every == 0)
         if self.dev_split is None or not (force or generate or (every > 0 and self.step % every == 0)):
             return {}
-        rows = list(range(self.dist.rank, len(self.dev_split), self.dist.world_size))
-        size = self.cfg.train.batch_size
-        groups = [rows[i:i + size] for i in range(0, len(rows), size)]
-        if self.cfg.train.eval_batches > 0:
-            groups = groups[:self.cfg.train.eval_batches]
-        result = evaluate_loss(self.model, (self.micro_batches(self.dev_split, [g])[0] for g in groups),
-                               self.autocast, self.dist.all_reduce_sum)
+        result = evaluate_loss(self.model, self.dev_batches(), self.autocast, self.dist.all_reduce_sum)
         logged = {"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]}
         if generate:
             settings = GenerationSettings.from_config(self.cfg.eval)
@@ -264,24 +270,63 @@ class Trainer:
         self.logger.log(self.step, logged)
         return logged
 
+    def dev_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's share of the dev rows in micro-batches (the first `eval_batches` of them).
+
+        Under ZeRO-3 every forward gathers weights from all ranks, so every rank runs the same
+        number of them: a rank with fewer rows runs padding batches that train no tokens.
+        """
+        size, world = self.cfg.train.batch_size, self.dist.world_size
+        rows = list(range(self.dist.rank, len(self.dev_split), world))
+        groups = [rows[i:i + size] for i in range(0, len(rows), size)]
+        if self.engine.lockstep:
+            most = math.ceil(math.ceil(len(self.dev_split) / world) / size)
+            groups += [None] * (most - len(groups))
+        if self.cfg.train.eval_batches > 0:
+            groups = groups[:self.cfg.train.eval_batches]
+        for group in groups:
+            batch = self.micro_batches(self.dev_split, [group or [0]])[0]
+            if group is None:
+                batch["labels"].fill_(IGNORE_INDEX)
+            yield batch
+
     # ---------------------------------------------------------- checkpoints
     def training_state(self) -> dict[str, Any]:
-        return {"step": self.step, "tokens_seen": self.tokens_seen, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": checkpoint.rng_state(),
+        """Rank 0's view of the run: the same on every rank except the RNG (see `save`)."""
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "world_size": self.dist.world_size,
+                **self.engine.state_dict(), "rng": checkpoint.rng_state(),
                 "data": {"seed": self.cfg.train.seed, "step": self.step,
                          "epoch": self.step // self.sampler.steps_per_epoch}}
 
     def maybe_checkpoint(self, final: bool = False) -> None:
         every = self.cfg.train.save_every
-        periodic = every > 0 and self.step % every == 0
-        if not (final or periodic) or not self.dist.is_main:
-            return
-        saved = checkpoint.save_checkpoint(self.output_dir / "checkpoints" / f"step_{self.step}", self.model,
-                                           self.tokenizer, self.training_state())
-        self.logger.log_checkpoint(saved, self.step)
+        if final or (every > 0 and self.step % every == 0):
+            saved = self.save(self.output_dir / "checkpoints" / f"step_{self.step}", self.training_state())
+            self.logger.log_checkpoint(saved, self.step)
         if final:
-            checkpoint.save_checkpoint(self.output_dir / "final", self.model, self.tokenizer, None)
+            self.save(self.output_dir / "final", None)
+
+    def save(self, directory: Path, state: dict[str, Any] | None) -> Path:
+        """Write a checkpoint; every rank enters (the engine's collective save, ZeRO-3's gathering).
+
+        Rank 0 writes the standard files (safetensors weights, tokenizer, trainer_state.pt), other
+        ranks their RNG streams and engine shards, all into one staging directory that rank 0
+        renames into place once every rank is done.
+        """
+        tmp = checkpoint.staging_dir(directory, create=self.dist.is_main)
+        self.dist.barrier()
+        if state is not None:
+            self.engine.save(tmp)
+            if not self.dist.is_main:
+                torch.save(checkpoint.rng_state(), checkpoint.rank_rng_file(tmp, self.dist.rank))
+        with self.engine.full_weights() as weights:
+            if self.dist.is_main:
+                checkpoint.write_files(tmp, self.model, self.tokenizer, state, weights)
+        self.dist.barrier()
+        if self.dist.is_main:
+            checkpoint.commit(tmp, directory)
+        self.dist.barrier()
+        return directory
 
     def maybe_resume(self) -> None:
         resume = self.cfg.resume
@@ -295,13 +340,12 @@ class Trainer:
         if not (directory / checkpoint.STATE_FILE).is_file():
             raise FileNotFoundError(f"resume={resume}: {directory} is not a complete checkpoint "
                                     f"(no {checkpoint.STATE_FILE})")
-        checkpoint.load_weights(self.model, directory)
         state = checkpoint.load_state(directory)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.engine.load(directory, state)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        checkpoint.set_rng_state(state["rng"])
+        # A rank's own stream when the same number of processes resumes; else rank 0's.
+        own_rng = checkpoint.rank_rng_file(directory, self.dist.rank)
+        checkpoint.set_rng_state(torch.load(own_rng, weights_only=True) if own_rng.is_file() else state["rng"])
         if self.dist.is_main:
             tqdm.write(f"resumed from {directory} at step {self.step}")
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from data.errors import DataError
-from trainer.distributed import shutdown_distributed
+from trainer.config import RUN_STAMP_ENV, run_stamp
+from trainer.distributed import broadcast_from_main, init_distributed, slurm_to_torchrun_env
 from trainer.loop import Trainer
 from trainer.metrics import close_failed_run
 from trainer.redact import redact, redact_overrides
@@ -60,8 +61,38 @@ def run_training(cfg: DictConfig) -> float | None:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
-    finally:
-        shutdown_distributed()
+
+
+def share_run_dir(argv: list[str], config_dir: str) -> list[str]:
+    """Before Hydra starts, under torchrun (or a Slurm job): join the process group, take rank 0's
+    run stamp (so all ranks and nodes compose the same run or sweep directory even when they
+    start seconds apart) and keep ranks other than 0 from writing their own `.hydra/` and log.
+    Returns the arguments Hydra should parse.
+
+    The group is made once, here, for the whole process (a multirun's jobs share it), with the
+    backend and timeout the command line's `dist`/`train.device` choices give.
+    """
+    slurm_to_torchrun_env()
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return argv
+    cfg = _compose_dist(argv, config_dir)
+    ctx = init_distributed(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_minutes)
+    os.environ[RUN_STAMP_ENV] = broadcast_from_main(os.environ.get(RUN_STAMP_ENV) or run_stamp())
+    if ctx.is_main:
+        return argv
+    return [*argv, "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
+def _compose_dist(argv: list[str], config_dir: str) -> DictConfig:
+    """The run config with only the command line's non-swept `dist`/`train.device` overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+    keep = [o.input_line for o in parsed if not o.is_sweep_override()
+            and (o.key_or_group.split(".")[0] == "dist" or o.key_or_group == "train.device")]
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        return compose(config_name="train", overrides=keep)
 
 
 def sweep_job() -> SweepJob | None:

@@ -1,0 +1,254 @@
+"""How a step's gradients are made and applied: one process, DDP, or DeepSpeed ZeRO 1/2/3.
+
+The loop owns the steps and calls the same few things whatever the engine: `model` (what
+the training forward runs on), `no_sync(last)`, `backward(loss, last)`, `step()` (→ grad
+norm), `lr()`, and `save`/`load`/`full_weights` for checkpoints. Data, loss normalisation,
+logging and the checkpoints' standard files stay in the loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer import checkpoint
+from trainer.distributed import DistContext
+
+ENGINES = ("torch", "deepspeed")
+ZERO_STAGES = (1, 2, 3)
+
+
+class Engine(Protocol):
+    model: torch.nn.Module  # what the training forward runs on (the DDP / DeepSpeed wrapper)
+    optimizer: torch.optim.Optimizer
+    lockstep: bool  # every rank must run the same number of forwards (ZeRO-3 gathers in each)
+
+    def no_sync(self, last: bool) -> contextlib.AbstractContextManager: ...
+    def backward(self, loss: torch.Tensor, last: bool) -> None: ...
+    def step(self) -> float: ...
+    def lr(self) -> float: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def save(self, directory: Path) -> None: ...
+    def load(self, directory: Path, state: dict[str, Any]) -> None: ...
+    def full_weights(self) -> contextlib.AbstractContextManager[dict[str, torch.Tensor] | None]: ...
+
+
+class TorchEngine:
+    """One process, or DDP across processes: torch's optimizer, scheduler and GradScaler."""
+
+    lockstep = False
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler, grad_clip: float, dist: DistContext):
+        self.module, self.optimizer, self.scheduler, self.scaler = module, optimizer, scheduler, scaler
+        self.grad_clip = grad_clip if grad_clip > 0 else float("inf")
+        self.model = module
+        if dist.world_size > 1:
+            self.model = DistributedDataParallel(
+                module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        self._params = [p for p in module.parameters() if p.requires_grad]
+
+    def no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces only on the step's last micro-batch."""
+        if last or not isinstance(self.model, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self) -> float:
+        """Clip, step, advance the schedule; the global grad norm before clipping."""
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, schedule and scaler: identical on every rank, so rank 0's copy is the state
+        (and a run may resume with a different number of processes)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def save(self, directory: Path) -> None:
+        """Nothing beyond `state_dict`, which the loop writes into trainer_state.pt."""
+
+    def load(self, directory: Path, state: dict[str, Any]) -> None:
+        checkpoint.load_weights(self.module, directory)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    @contextlib.contextmanager
+    def full_weights(self) -> Iterator[dict[str, torch.Tensor] | None]:
+        """Weights are whole on every rank; None means "save the module as it is"."""
+        yield None
+
+
+def deepspeed_config(cfg: DictConfig, world_size: int, autocast_dtype: torch.dtype | None) -> dict[str, Any]:
+    """The DeepSpeed JSON, generated from the run's config so the two never disagree;
+    `dist.deepspeed_config=<file>` replaces it (batch sizes are then checked against the run's)."""
+    t, d = cfg.train, cfg.dist
+    if d.deepspeed_config:
+        path = Path(d.deepspeed_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"dist.deepspeed_config={d.deepspeed_config}: no such file")
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        for key, ours in (("train_micro_batch_size_per_gpu", t.batch_size),
+                          ("gradient_accumulation_steps", t.grad_accum)):
+            if config.get(key, ours) != ours:
+                raise ValueError(f"{path}: {key}={config[key]} disagrees with the run's {ours} "
+                                 "(train.batch_size / train.grad_accum); leave it out or make them equal")
+        return config | {"train_micro_batch_size_per_gpu": t.batch_size, "gradient_accumulation_steps": t.grad_accum,
+                         "train_batch_size": t.batch_size * t.grad_accum * world_size}
+    if d.zero_stage not in ZERO_STAGES:
+        raise ValueError(f"dist.zero_stage={d.zero_stage}; allowed with dist.engine=deepspeed: {list(ZERO_STAGES)}")
+    if d.offload_params and d.zero_stage != 3:
+        raise ValueError("dist.offload_params=true needs dist.zero_stage=3 (only ZeRO-3 partitions parameters)")
+    zero: dict[str, Any] = {
+        "stage": d.zero_stage, "overlap_comm": True, "contiguous_gradients": True,
+        "reduce_bucket_size": d.bucket_size, "allgather_bucket_size": d.bucket_size,
+    }
+    if d.zero_stage == 3:
+        zero |= {"stage3_prefetch_bucket_size": d.bucket_size, "stage3_gather_16bit_weights_on_model_save": True}
+    if d.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if d.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.batch_size * t.grad_accum * world_size,
+        "gradient_clipping": t.grad_clip,
+        "bf16": {"enabled": autocast_dtype == torch.bfloat16},
+        "fp16": {"enabled": autocast_dtype == torch.float16},
+        "zero_optimization": zero,
+        # Our own torch/bitsandbytes optimizer and schedule drive the step, also with offload.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def zero_stage(cfg: DictConfig) -> int:
+    """The ZeRO stage the run will use (0 for torch engines), from the generated or given JSON."""
+    if cfg.dist.engine != "deepspeed":
+        return 0
+    return int(deepspeed_config(cfg, 1, None).get("zero_optimization", {}).get("stage", 0))
+
+
+class DeepSpeedEngine:
+    """ZeRO 1/2/3 (+ offload) through `deepspeed.initialize`, `engine.backward`, `engine.step`.
+
+    DeepSpeed counts micro-steps itself: every backward is followed by `engine.step()`, which
+    applies clipping, the optimizer and the schedule only at the accumulation boundary. The
+    loss arrives already divided by the step's trained tokens, so DeepSpeed must not divide it
+    again by the accumulation count (`scale_wrt_gas=False`).
+    """
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 config: dict[str, Any]):
+        import deepspeed
+
+        deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-step INFO lines drown the progress bar
+        # DeepSpeed still calls the collectives torch renamed; the warning is not the user's to act on.
+        warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
+        self.module = module
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config,
+            model_parameters=[p for p in module.parameters() if p.requires_grad])
+        self.stage = config.get("zero_optimization", {}).get("stage", 0)
+        self.lockstep = self.stage == 3
+
+    def no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        self.model.backward(loss, scale_wrt_gas=False)
+        if not last:
+            self.model.step()  # a micro-step: DeepSpeed only accumulates here
+
+    def step(self) -> float:
+        self.model.step()
+        norm = self.model.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sharded state lives in DeepSpeed's own checkpoint (see `save`)."""
+        return {}
+
+    def save(self, directory: Path) -> None:
+        """Collective: every rank writes its shard of the optimizer (and under ZeRO-3 weight) state."""
+        self.model.save_checkpoint(str(directory / "deepspeed"), tag="state", save_latest=False,
+                                   exclude_frozen_parameters=True)
+
+    def load(self, directory: Path, state: dict[str, Any]) -> None:
+        saved, now = state.get("world_size"), self.model.dp_world_size
+        if saved is not None and saved != now:
+            raise ValueError(f"resume={directory}: written by {saved} processes, resumed by {now}; DeepSpeed's "
+                             "sharded optimizer state resumes only with the number of processes that wrote it")
+        path, _ = self.model.load_checkpoint(str(directory / "deepspeed"), tag="state", load_module_strict=False,
+                                             load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"resume={directory}: no DeepSpeed state in {directory / 'deepspeed'}")
+
+    @contextlib.contextmanager
+    def full_weights(self) -> Iterator[dict[str, torch.Tensor] | None]:
+        """Under ZeRO-3, gather what the standard files hold (collective: every rank enters): the
+        trainable parameters in place for adapters, the consolidated 16-bit state for full
+        fine-tuning (on rank 0). Other stages keep whole weights on every rank."""
+        if self.stage != 3:
+            yield None
+            return
+        import deepspeed
+
+        params = list(self.module.parameters())
+        trainable = [p for p in params if p.requires_grad]
+        if len(trainable) < len(params):
+            with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+                yield None
+        else:
+            yield self.model._zero3_consolidated_16bit_state_dict()
+
+
+def check_engine(cfg: DictConfig, quantized: bool) -> None:
+    """Refuse, before any work, what an engine cannot do."""
+    if cfg.dist.engine not in ENGINES:
+        raise ValueError(f"dist.engine={cfg.dist.engine!r}; allowed: {list(ENGINES)}")
+    if zero_stage(cfg) != 3:
+        return
+    if quantized:
+        raise ValueError(f"dist={cfg.dist.name} with peft=qlora: ZeRO-3 cannot partition bitsandbytes 4-bit "
+                         "weights in this trainer; use dist=zero2 or dist=ddp (4-bit weights are small anyway)")
+    if cfg.data.dev and cfg.train.eval_generate_every > 0:
+        raise ValueError(f"train.eval_generate_every={cfg.train.eval_generate_every} with dist={cfg.dist.name}: "
+                         "generation during ZeRO-3 training is not supported (ranks would generate different "
+                         "lengths in lock step); set it to 0 and score a checkpoint with launch/evaluate.py")
+
+
+def build_engine(cfg: DictConfig, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler, autocast_dtype: torch.dtype | None, dist: DistContext) -> Engine:
+    """`dist.engine`: torch (one process, or DDP under torchrun) or deepspeed (ZeRO `dist.zero_stage`)."""
+    if cfg.dist.engine == "torch":
+        return TorchEngine(module, optimizer, scheduler, scaler, cfg.train.grad_clip, dist)
+    return DeepSpeedEngine(module, optimizer, scheduler, deepspeed_config(cfg, dist.world_size, autocast_dtype))
