@@ -70,8 +70,9 @@ def test_qlora_under_zero3_is_refused_clearly(hotel_overrides):
 
 def test_slurm_tasks_become_torchrun_ranks(monkeypatch):
     """What a hydra-submitit-launcher task sees: rank 5 of 8 tasks over two 4-GPU nodes."""
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+    # A private copy of the environment: what the export writes must not reach later tests.
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in
+                                        ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")})
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     for key, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
                        "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}.items():

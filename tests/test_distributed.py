@@ -49,7 +49,12 @@ def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
 @pytest.fixture(scope="module")
 def hotel(tmp_path_factory) -> list[str]:
     materialize_tiny()  # once, before several processes would race to build it
-    return small_hotel(tmp_path_factory.mktemp("data"), lines=24)[:-1]
+    data = tmp_path_factory.mktemp("data")
+    overrides = small_hotel(data, lines=24)[:-1]
+    # 7 dev rows: with 2 ranks × batch 1 one rank has a group fewer (ZeRO-3 pads it to stay in step).
+    dev = data / "dev.jsonl"
+    dev.write_text("".join(dev.read_text(encoding="utf-8").splitlines(keepends=True)[:7]), encoding="utf-8")
+    return overrides
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +101,8 @@ def test_two_ranks_equal_one_process(engine, reference, two_rank_runs):
     assert json.loads((out / "run" / "summary.json").read_text())["train/global_batch_rows"] == 1 * 2 * 2
     logged, alone = train_metrics(out / "run"), train_metrics(single)
     assert [m["step"] for m in logged] == list(range(1, STEPS + 1))
+    final_eval = [json.loads((run / "summary.json").read_text())["eval/loss"] for run in (out / "run", single)]
+    assert final_eval[0] == pytest.approx(final_eval[1], rel=1e-5)  # every dev token once, padding adds none
     for key in ("train/loss", "train/grad_norm"):
         torch.testing.assert_close(torch.tensor([m[key] for m in logged]), torch.tensor([m[key] for m in alone]),
                                    rtol=1e-4, atol=0)

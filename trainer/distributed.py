@@ -87,12 +87,13 @@ def free_port() -> int:
 
 
 def slurm_to_torchrun_env() -> None:
-    """Inside a Slurm job submitted by hydra-submitit-launcher (one task per GPU), export what
-    torchrun would have: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR (the first node), MASTER_PORT.
+    """Inside a job submitted by hydra-submitit-launcher (`hydra/launcher=slurm`, one task per GPU;
+    or `submitit_local`, its single-machine twin), export what torchrun would have: RANK,
+    LOCAL_RANK, WORLD_SIZE, MASTER_ADDR (the first node), MASTER_PORT (from the job id).
 
-    Nothing happens under torchrun (RANK is set) or outside submitit's Slurm jobs.
+    Nothing happens under torchrun (RANK is set) or outside submitit's jobs.
     """
-    if "RANK" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+    if "RANK" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local"):
         return
     from submitit.helpers import TorchDistributedEnvironment
 

@@ -87,12 +87,16 @@ def _compose_dist(argv: list[str], config_dir: str) -> DictConfig:
     """The run config with only the command line's non-swept `dist`/`train.device` overrides."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     keep = [o.input_line for o in parsed if not o.is_sweep_override()
             and (o.key_or_group.split(".")[0] == "dist" or o.key_or_group == "train.device")]
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        return compose(config_name="train", overrides=keep)
+        try:
+            return compose(config_name="train", overrides=keep)
+        except HydraException:  # a bad dist choice: Hydra's own run reports it, in its words
+            return compose(config_name="train")
 
 
 def sweep_job() -> SweepJob | None:
