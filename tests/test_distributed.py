@@ -240,3 +240,19 @@ def test_killed_rank_fails_the_job_within_the_timeout(hotel, tmp_path):
         pytest.fail("the surviving node hung after its peer died")
     assert first.returncode != 0
     assert time.monotonic() - killed_at < 0.5 * 60 + 60  # the timeout, plus start-up slack
+
+
+def test_submitit_launcher_tasks_train_as_ranks(hotel, tmp_path):
+    """`hydra/launcher=slurm`'s path without Slurm: submitit's local executor starts the job as two
+    tasks, which take torchrun's variables from submitit's and train as two DDP ranks."""
+    proc = subprocess.run([sys.executable, "launch/train.py", "-m", "hydra/launcher=submitit_local",
+                           "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=10", *hotel,
+                           "train.max_steps=2", f"hydra.sweep.dir={tmp_path}/sweep"],
+                          cwd=ROOT, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = tmp_path / "sweep" / "0"
+    assert not (job / "FAILED").exists(), (job / "FAILED").read_text()
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["train/steps"] == 2
+    assert summary["train/global_batch_rows"] == 2 * 1 * 2  # batch 2 × accumulation 1 × world 2
+    assert (job / "final" / "adapter_model.safetensors").is_file()
