@@ -25,10 +25,11 @@ def rows(engine):
 stats = {}
 for e in engines:
     r = rows(e)
-    stats[e] = (sum(m["train/tokens_per_s"] for m in r) / len(r), max((m.get("train/mem_gb", 0) for m in r), default=0),
+    mems = [m["train/mem_gb"] for m in r if "train/mem_gb" in m]  # CUDA only
+    stats[e] = (sum(m["train/tokens_per_s"] for m in r) / len(r), f"{max(mems):.2f}" if mems else "n/a",
                 r[-1]["train/loss"])
 base = stats.get("ddp", next(iter(stats.values())))[0]
 print("| dist | tokens/s | vs ddp | peak mem GiB | loss at last step |\n|---|---:|---:|---:|---:|")
 for e, (tps, mem, loss) in stats.items():
-    print(f"| {e} | {tps:,.0f} | {tps / base:.2f}x | {mem:.2f} | {loss:.4f} |")
+    print(f"| {e} | {tps:,.0f} | {tps / base:.2f}x | {mem} | {loss:.4f} |")
 PY

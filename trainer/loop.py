@@ -103,13 +103,15 @@ class Trainer:
             raise ValueError(f"sched.name={cfg.sched.name!r}; allowed: {list(SCHEDULES)}")
         scheduler = get_scheduler(SCHEDULES[cfg.sched.name], optimizer, num_warmup_steps=warmup,
                                   num_training_steps=self.max_steps)
+        # Counted before ZeRO-3 partitions the parameters (a partitioned parameter holds none locally).
+        self.flops = model_flops(self.model, t.grad_ckpt)
+        self.peak_flops = peak_flops(cfg.perf.peak_tflops, self.device, self.autocast_dtype or self.model.dtype)
+        trainable, total = count_parameters(self.model)
+        self.parameter_report = describe_parameters(self.model)
         # What runs the backward and the step: one process, DDP, or DeepSpeed ZeRO (trainer/engines.py).
         self.engine: Engine = build_engine(cfg, self.model, optimizer, scheduler, scaler, self.autocast_dtype,
                                            self.dist)
-        self.flops = model_flops(self.model, t.grad_ckpt)
-        self.peak_flops = peak_flops(cfg.perf.peak_tflops, self.device, self.autocast_dtype or self.model.dtype)
         self.step, self.tokens_seen = 0, 0
-        trainable, total = count_parameters(self.model)
         self.logger = open_logger(cfg, self.output_dir, self.dist.is_main,
                                   {"params": {"trainable": trainable, "total": total}, "batch": self.global_batch()})
         self._window = self._empty_window()
@@ -162,7 +164,7 @@ class Trainer:
         """Run to `max_steps`; returns the final dev metrics (empty without a dev split)."""
         self.write_config()
         if self.dist.is_main:
-            tqdm.write(describe_parameters(self.model))
+            tqdm.write(self.parameter_report)
             tqdm.write(self.train_split.report("train"))
             if self.dev_split is not None:
                 tqdm.write(self.dev_split.report("dev"))
