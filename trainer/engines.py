@@ -154,6 +154,18 @@ def zero_stage(cfg: DictConfig) -> int:
     return int(deepspeed_config(cfg, 1, None).get("zero_optimization", {}).get("stage", 0))
 
 
+def partitioned_loading(cfg: DictConfig, world_size: int, autocast_dtype: torch.dtype | None) -> Any:
+    """Under ZeRO-3, while the returned object lives, transformers builds and loads models already
+    partitioned (`deepspeed.zero.Init`), so no rank ever holds the whole model; None otherwise."""
+    if zero_stage(cfg) != 3:
+        return None
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    deepspeed.init_distributed()  # adopts our process group, so DeepSpeed's batch checks see the world size
+    return HfDeepSpeedConfig(deepspeed_config(cfg, world_size, autocast_dtype))
+
+
 class DeepSpeedEngine:
     """ZeRO 1/2/3 (+ offload) through `deepspeed.initialize`, `engine.backward`, `engine.step`.
 

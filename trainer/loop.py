@@ -31,7 +31,7 @@ from models.adapters import (apply_peft, count_parameters, describe_parameters, 
 from models.loading import load_model, load_tokenizer
 from trainer import checkpoint
 from trainer.distributed import DistContext, init_distributed
-from trainer.engines import Engine, build_engine, check_engine
+from trainer.engines import Engine, build_engine, check_engine, partitioned_loading
 from trainer.flops import document_lengths, model_flops, peak_flops
 from trainer.metrics import open_logger
 from trainer.optim import build_optimizer
@@ -87,13 +87,16 @@ class Trainer:
                                    self.dist.rank, t.seed)
         self.max_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.sampler.steps_per_epoch))
 
-        model = load_model(cfg.model, device=self.device, quantization=quantization_config(cfg.peft))
+        self.autocast_dtype = resolve_precision(t.precision, self.device)
+        # Kept for the whole run: transformers asks it whether ZeRO-3 partitions its models.
+        self.zero3_loading = partitioned_loading(cfg, self.dist.world_size, self.autocast_dtype)
+        model = load_model(cfg.model, device=None if self.zero3_loading else self.device,
+                           quantization=quantization_config(cfg.peft))
         if t.grad_ckpt:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         self.model = apply_peft(model, cfg.peft, cfg.model).to(self.device)
         self.model.train()
-        self.autocast_dtype = resolve_precision(t.precision, self.device)
         # fp16 loss scaling: ours for torch engines, DeepSpeed's own under DeepSpeed.
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16
                                       and cfg.dist.engine == "torch")
