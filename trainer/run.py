@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from data.errors import DataError
 from trainer.config import RUN_STAMP_ENV, run_stamp
-from trainer.distributed import broadcast_from_main, init_distributed, slurm_to_torchrun_env
+from trainer.distributed import broadcast_from_main, init_distributed
 from trainer.loop import Trainer
 from trainer.metrics import close_failed_run
 from trainer.redact import redact, redact_overrides
@@ -64,7 +64,7 @@ def run_training(cfg: DictConfig) -> float | None:
 
 
 def share_run_dir(argv: list[str], config_dir: str) -> list[str]:
-    """Before Hydra starts, under torchrun (or a Slurm job): join the process group, take rank 0's
+    """Before Hydra starts, under torchrun: join the process group, take rank 0's
     run stamp (so all ranks and nodes compose the same run or sweep directory even when they
     start seconds apart) and keep ranks other than 0 from writing their own `.hydra/` and log.
     Returns the arguments Hydra should parse.
@@ -72,7 +72,6 @@ def share_run_dir(argv: list[str], config_dir: str) -> list[str]:
     The group is made once, here, for the whole process (a multirun's jobs share it), with the
     backend and timeout the command line's `dist`/`train.device` choices give.
     """
-    slurm_to_torchrun_env()
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return argv
     cfg = _compose_dist(argv, config_dir)
