@@ -10,16 +10,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from data.errors import DataError
+from eval.cli import USER_ERRORS, exit_on_user_error
 from trainer.config import RUN_STAMP_ENV, run_stamp
 from trainer.distributed import broadcast_from_main, init_distributed
 from trainer.loop import Trainer
 from trainer.metrics import close_failed_run
 from trainer.redact import redact, redact_overrides
 
-# Problems with what the user gave us (a bad line, a missing path, a value outside its
-# allowed set): one line, no traceback, unless HYDRA_FULL_ERROR=1 asks for it.
-USER_ERRORS = (DataError, FileNotFoundError, ValueError)
 FAILED_FILE = "FAILED"
 
 
@@ -47,20 +44,18 @@ def run_training(cfg: DictConfig) -> float | None:
     job = sweep_job()
     if job is not None:
         label_sweep_run(cfg, job)
-    try:
-        metrics = Trainer(cfg).train()
-        value = metrics.get(cfg.sweep.objective)
-        if value is None and job is not None:
-            raise ValueError(f"sweep.objective={cfg.sweep.objective!r} was not measured; the run's final "
-                             f"metrics: {sorted(metrics)} (a dev split gives eval/loss)")
-        return value
-    except Exception as err:
-        if job is not None:
+    with exit_on_user_error():
+        try:
+            metrics = Trainer(cfg).train()
+            value = metrics.get(cfg.sweep.objective)
+            if value is None and job is not None:
+                raise ValueError(f"sweep.objective={cfg.sweep.objective!r} was not measured; the run's final "
+                                 f"metrics: {sorted(metrics)} (a dev split gives eval/loss)")
+            return value
+        except Exception as err:
+            if job is None:
+                raise
             return record_failure(cfg, job, err)
-        if isinstance(err, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise
 
 
 def share_run_dir(argv: list[str], config_dir: str) -> list[str]:
