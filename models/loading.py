@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from models.config import TINY, ModelConfig
+from models.gguf import SMOLLM2
 
 DTYPES = ("float32", "bfloat16", "float16")
 # A hub id is `name` or `owner/name`; anything else that is not a directory is a (missing) local path.
@@ -25,14 +26,23 @@ def _looks_local(path: str) -> bool:
 def resolve_model_path(cfg: ModelConfig) -> str:
     """`model.path` as something `from_pretrained` accepts: a local directory's absolute path or a hub id.
 
-    `tiny` builds (once) and returns the embedded default. A path that looks local but is not a
+    `tiny` builds (once) and returns the embedded default; `smollm2` and `gguf_file` convert (once) a
+    GGUF file into a model directory (models/gguf.py). A path that looks local but is not a
     directory raises `FileNotFoundError` with a one-line message naming it.
     """
     path = cfg.path
+    if cfg.gguf_file:
+        from models.gguf import gguf_model_dir
+
+        return str(gguf_model_dir(cfg.gguf_file))
     if path == TINY:
         from models.tiny import materialize_tiny
 
         return str(materialize_tiny())
+    if path == SMOLLM2:
+        from models.gguf import smollm2_dir
+
+        return str(smollm2_dir())
     expanded = Path(os.path.expanduser(path))
     if expanded.is_dir():
         return str(expanded.resolve())
@@ -40,7 +50,7 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         what = "is not a directory" if expanded.exists() else "does not exist"
         raise FileNotFoundError(
             f"model.path {path!r} {what} (looked at {expanded.absolute()}); "
-            f"give a local model directory, a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', or {TINY!r}"
+            f"give a local model directory, a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', {TINY!r} or {SMOLLM2!r}"
         )
     return path
 

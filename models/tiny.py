@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from models.model_dirs import build_once, models_root
 
 TOKENIZER_ASSETS = Path(__file__).resolve().parent / "assets" / "tiny_tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -44,11 +44,6 @@ _ARCH: dict[str, Any] = dict(
     tie_word_embeddings=True,
     use_sliding_window=False,
 )
-
-
-def turnpack_home() -> Path:
-    """`$TURNPACK_HOME`, default `~/.cache/turnpack`."""
-    return Path(os.environ.get("TURNPACK_HOME") or Path.home() / ".cache" / "turnpack").expanduser()
 
 
 @lru_cache(maxsize=None)
@@ -108,23 +103,7 @@ def materialize_tiny(root: Path | None = None) -> Path:
     lands in `root/tiny-qwen2-<fingerprint>`. It is written to a temporary directory next to it and
     renamed into place, so a concurrent builder never sees (or leaves) a half-written directory.
     """
-    root = (Path(root) if root is not None else turnpack_home() / "models").expanduser().resolve()
-    target = root / f"tiny-qwen2-{tiny_fingerprint()}"
-    if (target / "config.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
-    try:
-        _write_model_dir(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a lost race: a real failure
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(models_root(root) / f"tiny-qwen2-{tiny_fingerprint()}", _write_model_dir)
 
 
 def _write_model_dir(out: Path) -> None:
