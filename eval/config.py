@@ -20,7 +20,7 @@ class EvalConfig:
     predictions: Optional[str] = None  # re-score this predictions.jsonl; no model is loaded
     compare_base: bool = False  # also write compare.md: base vs tuned replies on the first compare_n turns
     compare_n: int = 10
-    truthfulqa: str = "${project_root:}/../shared/data/truthfulqa/v1/mc_task.json"
+    truthfulqa: str = "${project_root:}/data/assets/truthfulqa/mc_task.json"
     model_name: Optional[str] = None  # the table's Model column (default: model.name)
     method: Optional[str] = None  # the table's Method column (default: LoRA / Full FT / Prompt, from the checkpoint)
 

@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 from models.config import TINY, ModelConfig
 from models.gguf import SMOLLM2
 
 DTYPES = ("float32", "bfloat16", "float16")
+# peft (0.21.2, the newest) still uses two names transformers 5 deprecated: it reads `is_gradient_checkpointing`
+# whenever it wraps or reloads a model, and prefix tuning passes `past_key_values` to the model's forward. The
+# warnings are about peft's calls, not ours (this project calls the current names).
+for _peft_call in ("`is_gradient_checkpointing` is deprecated", "`past_key_values` is deprecated"):
+    warnings.filterwarnings("ignore", message=_peft_call, category=FutureWarning)
 # A hub id is `name` or `owner/name`; anything else that is not a directory is a (missing) local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -99,3 +105,17 @@ def load_model(cfg: ModelConfig, *, device=None, quantization=None):
     if device is not None and not quantized:
         model.to(device)
     return model
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer in the backward (non-reentrant, so frozen inputs still get gradients).
+
+    transformers 5.x renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`; the
+    old name warns, so the new one is used where it exists.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.enable_input_require_grads()

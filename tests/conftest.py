@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 HOTEL = ROOT / "data" / "assets" / "hotel"
+TRUTHFULQA = ROOT / "data" / "assets" / "truthfulqa" / "mc_task.json"
 os.environ.setdefault("TURNPACK_HOME", tempfile.mkdtemp(prefix="turnpack-test-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -30,8 +30,9 @@ def compose(*overrides: str):
 def small_hotel(tmp_path: Path, lines: int = 40) -> list[str]:
     """Overrides for a fast run on the first `lines` hotel dialogues."""
     train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
-    train.write_text("".join((HOTEL / "train.jsonl").open(encoding="utf-8").readlines()[:lines]), encoding="utf-8")
-    dev.write_text("".join((HOTEL / "dev.jsonl").open(encoding="utf-8").readlines()[:8]), encoding="utf-8")
+    for path, split, n in ((train, "train", lines), (dev, "dev", 8)):
+        path.write_text("".join((HOTEL / f"{split}.jsonl").read_text(encoding="utf-8").splitlines(True)[:n]),
+                        encoding="utf-8")
     return [f"data.train={train}", f"data.dev={dev}", "train.seq_len=512", "train.batch_size=2",
             "train.log_every=1", "train.eval_every=0", "train.save_every=0", "logger.plots=false",
             f"output_dir={tmp_path / 'run'}"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+from conftest import TRUTHFULQA
 from data.errors import DataError
 from eval.truthfulqa import evaluate_truthfulqa, load_questions, mc1, mc2, model_scorer, prompt
 from models.config import ModelConfig
@@ -51,8 +51,8 @@ def test_ties_go_to_the_first_answer_and_mc2_is_stable_for_long_answers():
     assert mc2([-2000.0, -2001.0], [1, 0]) == pytest.approx(1 / (1 + math.exp(-1)))  # no underflow to 0/0
 
 
-def test_the_shared_file_has_817_questions_and_bad_files_are_named(tmp_path):
-    assert len(load_questions(SHARED_DATA / "truthfulqa" / "v1" / "mc_task.json")) == 817
+def test_the_shipped_file_has_817_questions_and_bad_files_are_named(tmp_path):
+    assert len(load_questions(TRUTHFULQA)) == 817
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"question": "q", "mc1_targets": {"a": 0}, "mc2_targets": {"a": 1}}]))
     with pytest.raises(DataError, match=r"\[0\]\.mc1_targets"):
@@ -62,7 +62,7 @@ def test_the_shared_file_has_817_questions_and_bad_files_are_named(tmp_path):
 def test_model_scorer_sums_continuation_log_probs_in_batches():
     cfg = ModelConfig()
     model, tokenizer = load_model(cfg).eval(), load_tokenizer(cfg)
-    questions = load_questions(SHARED_DATA / "truthfulqa" / "v1" / "mc_task.json", limit=3)
+    questions = load_questions(TRUTHFULQA, limit=3)
     pairs = [(prompt(q["question"]), " " + a) for q in questions for a in q["mc1_targets"]]
     batched = model_scorer(model, tokenizer, batch_size=4)(pairs)
     for (context, continuation), got in list(zip(pairs, batched))[:3]:  # one at a time, no padding

@@ -9,7 +9,7 @@ from data.formats import FORMATS, read_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTEL = ROOT / "data/assets/hotel/train.jsonl"
-LEGAL = Path("/work/shared/data/legal/disc_law_eval_qa_1k.csv")
+LEGAL = ROOT / "data/assets/legal/disc_law_eval_qa_1k.csv"
 
 
 def write(tmp_path, name, text, encoding="utf-8"):

@@ -28,7 +28,7 @@ from eval.loss import evaluate_loss, summed_token_loss
 from eval.turns import load_turns, task_metrics
 from models.adapters import (apply_peft, count_parameters, describe_parameters, peft_method, quantization_config,
                              unpacked_note)
-from models.loading import load_model, load_tokenizer
+from models.loading import enable_activation_checkpointing, load_model, load_tokenizer
 from trainer import checkpoint
 from trainer.distributed import DistContext, init_distributed
 from trainer.engines import Engine, build_engine, check_engine, partitioned_loading
@@ -93,8 +93,7 @@ class Trainer:
         model = load_model(cfg.model, device=None if self.zero3_loading else self.device,
                            quantization=quantization_config(cfg.peft))
         if t.grad_ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
+            enable_activation_checkpointing(model)
         self.model = apply_peft(model, cfg.peft, cfg.model).to(self.device)
         self.model.train()
         # fp16 loss scaling: ours for torch engines, DeepSpeed's own under DeepSpeed.
