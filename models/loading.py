@@ -104,7 +104,22 @@ def load_model(cfg: ModelConfig, *, device=None, quantization=None):
     model.config.use_cache = False
     if device is not None and not quantized:
         model.to(device)
+    if quantized:
+        keep_4bit_layout_on_cpu(model)
     return model
+
+
+def keep_4bit_layout_on_cpu(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights in place for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.49, 0.50) rewrites each `Linear4bit` weight into another
+    layout the first time it runs in eval mode without gradients, which fails for output sizes not divisible
+    by 32 (the tiny model's MLP has 688) and leaves a layer that trains and saves differently after an
+    evaluation. The loop alternates training and evaluation, so the layout stays the one training uses.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def enable_activation_checkpointing(model) -> None:
