@@ -20,7 +20,7 @@ DIALOGUE = [
     Message("assistant", "酒店电话是010-64171066。"),
 ]
 CASES = [("chatml", "native"), ("chatml", "custom"), ("llama3", "native"), ("llama3", "custom"),
-         ("glm4", "native"), ("mistral", "native"), ("gemma", "native")]
+         ("glm4", "native"), ("mistral", "native"), ("gemma", "custom")]
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,9 @@ def test_overlong_dialogue_is_cut_at_a_turn_boundary(tokenizers):
     conv = Conversation(DIALOGUE, TOOLS, source="f.jsonl:7")
     full = encode_messages(DIALOGUE, TOOLS, template, tok, ["assistant", "call"])
     first_two_replies = encode_messages(DIALOGUE[:5], TOOLS, template, tok, ["assistant", "call"])
-    cut = encode_conversation(conv, template, tok, ["assistant", "call"], len(full.input_ids) - 1, "truncate")
+    [cut] = encode_conversation(conv, template, tok, ["assistant", "call"], len(full.input_ids) - 1, "truncate")
     assert cut.truncated and cut.input_ids == first_two_replies.input_ids
-    assert encode_conversation(conv, template, tok, ["assistant", "call"], 10, "drop") is None
+    assert encode_conversation(conv, template, tok, ["assistant", "call"], 10, "drop") == [None]
     with pytest.raises(DataError, match=r"f\.jsonl:7: field 'messages'.*exceed train\.seq_len"):
         encode_conversation(conv, template, tok, ["assistant", "call"], 10, "error")
 
@@ -99,3 +99,24 @@ def test_nothing_to_train_names_the_line(tokenizers):
     conv = Conversation([Message("user", "你好")], source="data/x.jsonl:3")
     with pytest.raises(DataError, match=r"data/x\.jsonl:3: field 'messages' nothing to train on"):
         encode_conversation(conv, template, tok, ["assistant", "call"], 100, "truncate")
+
+
+@pytest.mark.parametrize("family,fmt", CASES)
+def test_per_turn_gives_one_sample_per_trained_turn(tokenizers, family, fmt):
+    """data.multi_turn=per_turn: sample k is the prompt before turn k (untrained) and turn k (trained)."""
+    template, tok = get_template(family, fmt), tokenizers[family, fmt]
+    conv = Conversation(DIALOGUE, TOOLS, source="f.jsonl:1")
+    samples = encode_conversation(conv, template, tok, ["assistant", "call"], 10_000, "truncate", "per_turn")
+    turns = [k for k, m in enumerate(DIALOGUE) if m.kind in ("assistant", "call")]
+    assert len(samples) == len(turns) == 3
+    one_pass = encode_messages(DIALOGUE, TOOLS, template, tok, ["assistant", "call"])
+    for k, sample in zip(turns, samples):
+        prompt = tok(template.prompt(DIALOGUE[:k], TOOLS), add_special_tokens=False)["input_ids"]
+        assert sample.input_ids[:len(prompt)] == prompt and not any(sample.trained[:len(prompt)])
+        assert all(sample.trained[len(prompt):len(prompt) + 1]) and not sample.per_turn_fallback
+        # the turn's trained tokens are what one pass trains for it
+        trained = [i for i, t in zip(sample.input_ids, sample.trained) if t]
+        assert tok.decode(trained) in tok.decode([i for i, t in zip(one_pass.input_ids, one_pass.trained) if t])
+    assert encode_conversation(conv, template, tok, ["assistant"], 10, "truncate", "per_turn") == [None, None]
+    with pytest.raises(ValueError, match="data.multi_turn='both'; allowed"):
+        encode_conversation(conv, template, tok, ["assistant"], 10, "truncate", "both")
