@@ -7,9 +7,12 @@ invariant: rendering `messages[:k]` with `add_generation_prompt=True` gives exac
 that precedes turn k's body in the full rendering — what the model sees at inference is
 what it was trained on.
 
-Families follow the official HF chat templates of their models where those fit the
-invariant; where they do not (Mistral puts the system prompt and tools in the *last* user
-turn, which moves as the dialogue grows), they are put at the first user turn instead.
+`auto` (`AutoTemplate`) renders with the tokenizer's own chat template and finds the pieces
+by diffing renderings of prefixes; the hand-written families (`HandWrittenTemplate`) render
+what their models' official templates (or, for Mistral, mistral-common) render. A dialogue a
+template does not render prefix-stably (Mistral moves the tools and system prompt to the
+last user turn as the dialogue grows) raises `NotPrefixStable` from `render`; `render_turn`
+gives its per-turn samples instead, and `prompt` always gives the served prompt.
 BOS strings are part of the text: tokenise without adding special tokens.
 
 Tool format `custom` is the seed course's format for models without native tool calling:
@@ -93,6 +96,21 @@ def _tool_calls(objects: Sequence[Any] | None, args_key: str) -> tuple[ToolCall,
     return tuple(calls)
 
 
+def call_ids(messages: Sequence[Message]) -> list[tuple[str, ...]]:
+    """Per message: its calls' ids (9 digits: turn index and call position, as Mistral requires), or for a
+    result the id of the call it answers (results answer calls in order); () otherwise."""
+    out, pending = [], []
+    for k, msg in enumerate(messages):
+        ids: tuple[str, ...] = ()
+        if msg.tool_calls:
+            ids = tuple(f"{k:06d}{j:03d}" for j in range(len(msg.tool_calls)))
+            pending += ids
+        elif msg.role == "tool" and pending:
+            ids = (pending.pop(0),)
+        out.append(ids)
+    return out
+
+
 def _call_or_invalid(text: str, calls: tuple[ToolCall, ...] | None) -> Message:
     return Message("invalid", content=text) if calls is None else Message("assistant", tool_calls=calls)
 
@@ -117,9 +135,14 @@ class ChatTemplate(ABC):
     def render(self, messages: Sequence[Message], tools: Sequence[dict] = (),
                add_generation_prompt: bool = False) -> list[Piece]: ...
 
-    @abstractmethod
     def parse_reply(self, text: str) -> Message:
         """One generated turn (after the generation prompt) → text reply, call, or role 'invalid'."""
+        cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0), default=len(text))
+        return self._parse(text[:cut])
+
+    @abstractmethod
+    def _parse(self, text: str) -> Message:
+        """A turn cut before its end-of-turn marker → reply, call or 'invalid'."""
 
     def special_tokens(self) -> list[str]:
         """Strings that must be single special tokens in the tokenizer."""
@@ -171,6 +194,7 @@ class HandWrittenTemplate(ChatTemplate):
     family_default_system: str | None = None  # system text used when tools come without a system message
     always_system = False  # the default system prompt is used even without tools (Qwen2.5)
     system_in_first_user = False  # no system role: the system prompt opens the first user turn
+    system_at_last_user = False  # ... the last user turn instead, tools before it (Mistral; not prefix-stable)
     system_separator = "\n\n"  # between that system prompt and the user's text
 
     def __init__(self, tool_format: str = "native", default_system: str | None = None):
@@ -189,40 +213,57 @@ class HandWrittenTemplate(ChatTemplate):
 
     def render(self, messages: Sequence[Message], tools: Sequence[dict] = (),
                add_generation_prompt: bool = False) -> list[Piece]:
-        turns = list(messages)
-        system = turns.pop(0).content if turns and turns[0].role == "system" else None
+        if self.system_at_last_user and (tools or (messages and messages[0].role == "system")):
+            users = [i for i, m in enumerate(messages) if m.role == "user"]
+            if users and any(m.role == "assistant" for m in messages[:users[-1]]):
+                raise NotPrefixStable(f"chat template {self.name!r} moves the system prompt and tools to the last "
+                                      "user turn, so earlier turns' prompts differ from the whole dialogue")
+        return self._walk(messages, tools, add_generation_prompt)
+
+    def prompt(self, messages: Sequence[Message], tools: Sequence[dict] = ()) -> str:
+        return _text(self._walk(messages, tools, True))
+
+    def _full_text(self, messages: Sequence[Message], tools: Sequence[dict]) -> str:
+        return _text(self._walk(messages, tools, False))
+
+    def _walk(self, messages: Sequence[Message], tools: Sequence[dict], add_generation_prompt: bool) -> list[Piece]:
+        turns, ids = list(messages), call_ids(messages)
+        system = None
+        if turns and turns[0].role == "system":
+            system, turns, ids = turns[0].content, turns[1:], ids[1:]
         system_text = self._system_text(system, list(tools))
         if system_text is not None and not self.system_in_first_user:
-            turns.insert(0, Message("system", system_text))
-        # still to place in the first user turn: the system prompt, or (Llama 3.1) the tool schemas
+            turns, ids = [Message("system", system_text)] + turns, [()] + ids
+        # still to place in the first (Mistral: last) user turn: the system prompt, or (Llama 3.1) the tool schemas
         prefix = system_text if self.system_in_first_user else self._user_prefix(list(tools))
         separator = self.system_separator if self.system_in_first_user else ""
+        users = [i for i, m in enumerate(turns) if m.role == "user"]
+        target = users[-1] if self.system_at_last_user and users else next(
+            (i for i, m in enumerate(turns) if m.role != "system"), None)
         following = turns[1:] + [_PENDING] if add_generation_prompt else turns[1:]
         pieces = [Piece(self._preamble(tools), None)]
-        for i, msg in enumerate(turns):
+        for i, (msg, msg_ids) in enumerate(zip(turns, ids)):
             if msg.role not in ("system", "user", "assistant", "tool"):
                 raise ValueError(f"chat template {self.name!r}: unknown role {msg.role!r}")
             if self.system_in_first_user and msg.role == "system":
                 raise ValueError(f"chat template {self.name!r} takes a system message only as the first message")
+            if i == target:
+                pieces.append(Piece(self._tools_block(tools), None))
             pieces.append(Piece(self._header(msg, turns[i - 1] if i else None), None))
-            if prefix is not None and msg.role != "system":
+            if prefix is not None and i == target:
                 if msg.role != "user":
-                    raise ValueError(f"chat template {self.name!r} puts the system prompt or tools in the first "
-                                     f"user turn, but the first turn after it is {msg.role!r}")
+                    raise ValueError(f"chat template {self.name!r} puts the system prompt or tools in a user "
+                                     f"turn, but the turn there is {msg.role!r}")
                 pieces += [Piece(prefix, "system"), Piece(separator, None)]
                 prefix = None
             end, glue = self._ending(msg, following[i] if i < len(following) else None)
-            pieces += [Piece(self._body(msg) + end, msg.kind), Piece(glue, None)]
+            pieces += [Piece(self._body(msg, msg_ids) + end, msg.kind), Piece(glue, None)]
         if prefix is not None:
-            raise ValueError(f"chat template {self.name!r} puts the system prompt or tools in the first user "
-                             "turn; there is none")
+            raise ValueError(f"chat template {self.name!r} puts the system prompt or tools in a user turn; "
+                             "there is none")
         if add_generation_prompt:
             pieces.append(Piece(self._header(_PENDING, turns[-1] if turns else None), None))
         return [p for p in pieces if p.text]
-
-    def parse_reply(self, text: str) -> Message:
-        cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0), default=len(text))
-        return self._parse(text[:cut])
 
     # ---- hooks -------------------------------------------------------------------------------
 
@@ -234,24 +275,28 @@ class HandWrittenTemplate(ChatTemplate):
         """Text the first user turn opens with (besides a system prompt placed there)."""
         return None
 
+    def _tools_block(self, tools: Sequence[dict]) -> str:
+        """Text before the header of the user turn that takes the system prompt (Mistral's tool schemas)."""
+        return ""
+
     def _system_text(self, system: str | None, tools: list[dict]) -> str | None:
         """The system prompt: the system message plus the tool schemas; None for no system turn."""
         if not tools:
             return self.default_system if system is None and self.always_system else system
         return self._with_tools(self.default_system if system is None else system, tools)
 
-    def _body(self, msg: Message) -> str:
-        """A turn's body without its end-of-turn marker."""
+    def _body(self, msg: Message, ids: tuple[str, ...]) -> str:
+        """A turn's body without its end-of-turn marker; `ids`: its calls' ids, or the id a result answers."""
         if msg.kind == "call":
-            return self._call_body(msg.tool_calls)
+            return self._call_body(msg.tool_calls, ids)
         if msg.kind == "tool":
-            return self._tool_body(msg)
+            return self._tool_body(msg, ids)
         return self._text_body(msg)
 
     def _text_body(self, msg: Message) -> str:
         return msg.content
 
-    def _tool_body(self, msg: Message) -> str:
+    def _tool_body(self, msg: Message, ids: tuple[str, ...]) -> str:
         return msg.content
 
     @abstractmethod
@@ -263,14 +308,11 @@ class HandWrittenTemplate(ChatTemplate):
         """(end-of-turn marker ending the body, glue after it); `nxt` is `_PENDING` before a generation prompt."""
 
     @abstractmethod
-    def _call_body(self, calls: Sequence[ToolCall]) -> str: ...
+    def _call_body(self, calls: Sequence[ToolCall], ids: tuple[str, ...]) -> str: ...
 
     @abstractmethod
     def _with_tools(self, system: str | None, tools: list[dict]) -> str | None:
         """The system prompt with the tool schemas written in (where the family writes them)."""
-
-    @abstractmethod
-    def _parse(self, text: str) -> Message: ...
 
 
 class _RoleHeaderTemplate(HandWrittenTemplate):
@@ -306,14 +348,14 @@ class _RoleHeaderTemplate(HandWrittenTemplate):
     def _header(self, msg: Message, prev: Message | None) -> str:
         return self.turn_start if self._names_own_role(msg) else self.turn_start + self._role(msg) + self.role_end
 
-    def _body(self, msg: Message) -> str:
+    def _body(self, msg: Message, ids: tuple[str, ...]) -> str:
         role = self._role(msg) + self.role_end if self._names_own_role(msg) else ""
-        return role + super()._body(msg)
+        return role + super()._body(msg, ids)
 
     def _ending(self, msg: Message, nxt: Message | None) -> tuple[str, str]:
         return self.end_of_turn, self.glue
 
-    def _call_body(self, calls: Sequence[ToolCall]) -> str:
+    def _call_body(self, calls: Sequence[ToolCall], ids: tuple[str, ...]) -> str:
         return "\n".join(_dumps(c.arguments) for c in calls)  # one per line: json.dumps writes no raw newline
 
     def _with_tools(self, system: str | None, tools: list[dict]) -> str | None:
@@ -364,12 +406,12 @@ class ChatML(_RoleHeaderTemplate):
     def _ending(self, msg: Message, nxt: Message | None) -> tuple[str, str]:
         return ("", "") if self._groups_tools(msg, nxt) else super()._ending(msg, nxt)
 
-    def _tool_body(self, msg: Message) -> str:
+    def _tool_body(self, msg: Message, ids: tuple[str, ...]) -> str:
         return msg.content if self.custom else f"\n<tool_response>\n{msg.content}\n</tool_response>"
 
-    def _call_body(self, calls: Sequence[ToolCall]) -> str:
+    def _call_body(self, calls: Sequence[ToolCall], ids: tuple[str, ...]) -> str:
         if self.custom:
-            return super()._call_body(calls)
+            return super()._call_body(calls, ids)
         return "\n".join(f"<tool_call>\n{_dumps({'name': c.name, 'arguments': c.arguments})}\n</tool_call>"
                          for c in calls)
 
@@ -442,12 +484,12 @@ class Llama3(_RoleHeaderTemplate):
     def _text_body(self, msg: Message) -> str:  # the system text is already trimmed where it needs to be
         return msg.content if self.custom or msg.role == "system" else msg.content.strip()
 
-    def _tool_body(self, msg: Message) -> str:
+    def _tool_body(self, msg: Message, ids: tuple[str, ...]) -> str:
         return msg.content if self.custom else _dumps(msg.content)
 
-    def _call_body(self, calls: Sequence[ToolCall]) -> str:
+    def _call_body(self, calls: Sequence[ToolCall], ids: tuple[str, ...]) -> str:
         if self.custom:
-            return super()._call_body(calls)
+            return super()._call_body(calls, ids)
         return "; ".join(_dumps({"name": c.name, "parameters": c.arguments}) for c in calls)
 
     def _parse(self, text: str) -> Message:
@@ -474,9 +516,9 @@ class Gemma(_RoleHeaderTemplate):
     assistant_role = "model"
     system_in_first_user = True
 
-    def _body(self, msg: Message) -> str:
+    def _body(self, msg: Message, ids: tuple[str, ...]) -> str:
         if self.custom:
-            return super()._body(msg)
+            return super()._body(msg, ids)
         if msg.kind in ("call", "tool"):
             raise ValueError("chat template 'gemma' has no native tool format; use model.tool_format=custom")
         return msg.content.strip()
@@ -517,10 +559,10 @@ class GLM4(HandWrittenTemplate):
     def _text_body(self, msg: Message) -> str:
         return "\n" + msg.content
 
-    def _tool_body(self, msg: Message) -> str:
+    def _tool_body(self, msg: Message, ids: tuple[str, ...]) -> str:
         return "\n" + msg.content
 
-    def _call_body(self, calls: Sequence[ToolCall]) -> str:
+    def _call_body(self, calls: Sequence[ToolCall], ids: tuple[str, ...]) -> str:
         return "<|assistant|>".join(f"{c.name}\n{_dumps(c.arguments)}" for c in calls)
 
     def _with_tools(self, system: str | None, tools: list[dict]) -> str:
@@ -544,12 +586,12 @@ class GLM4(HandWrittenTemplate):
 
 
 class Mistral(HandWrittenTemplate):
-    """Mistral v3 `[INST]` format with v3 tool calling (call ids left out).
+    """Mistral v3 (7B-Instruct-v0.3) as mistral-common's `encode_chat_completion` writes it.
 
-    The system prompt opens the first user turn and the tools come before it, not at the
-    last user turn as Mistral's template does: that would change earlier turns as the
-    dialogue grows and break the training-prefix = inference-prompt invariant.
-    A tool result's content is embedded as JSON when it is JSON, else as a JSON string.
+    The tools and the system prompt go before the *last* user turn, so a dialogue with more
+    than one user turn is not prefix-stable (`render` raises `NotPrefixStable`; it is trained
+    one sample per turn). Calls carry 9-character ids and results the id they answer; a
+    result's content is embedded as JSON when it is JSON, else as a JSON string.
     """
 
     name = "mistral"
@@ -558,13 +600,14 @@ class Mistral(HandWrittenTemplate):
                "[TOOL_RESULTS]", "[/TOOL_RESULTS]")
     bos = "<s>"
     system_in_first_user = True
+    system_at_last_user = True
     _ENDINGS = {"user": "[/INST]", "assistant": "</s>", "tool": "[/TOOL_RESULTS]"}
 
-    def _preamble(self, tools: Sequence[dict]) -> str:
-        return self.bos + (f"[AVAILABLE_TOOLS] {_dumps(list(tools))}[/AVAILABLE_TOOLS]" if tools else "")
+    def _tools_block(self, tools: Sequence[dict]) -> str:
+        return f"[AVAILABLE_TOOLS] {_dumps(list(tools))}[/AVAILABLE_TOOLS]" if tools else ""
 
     def _with_tools(self, system: str | None, tools: list[dict]) -> str | None:
-        return system  # the tools go in the preamble
+        return system  # the tools go before the user turn (`_tools_block`)
 
     def _header(self, msg: Message, prev: Message | None) -> str:
         return "[INST] " if msg.role == "user" else ""
@@ -575,12 +618,13 @@ class Mistral(HandWrittenTemplate):
     def _text_body(self, msg: Message) -> str:
         return " " + msg.content.strip() if msg.role == "assistant" else msg.content
 
-    def _call_body(self, calls: Sequence[ToolCall]) -> str:
-        return "[TOOL_CALLS] " + _dumps([{"name": c.name, "arguments": c.arguments} for c in calls])
+    def _call_body(self, calls: Sequence[ToolCall], ids: tuple[str, ...]) -> str:
+        return "[TOOL_CALLS] " + _dumps([{"name": c.name, "arguments": c.arguments, "id": i} for c, i in zip(calls, ids)])
 
-    def _tool_body(self, msg: Message) -> str:
+    def _tool_body(self, msg: Message, ids: tuple[str, ...]) -> str:
         content = _loads(msg.content)
-        return "[TOOL_RESULTS] " + _dumps({"content": msg.content if content is None else content})
+        return "[TOOL_RESULTS] " + _dumps({"content": msg.content if content is None else content,
+                                           **({"call_id": ids[0]} if ids else {})})
 
     def _parse(self, text: str) -> Message:
         text = text.strip()
@@ -591,22 +635,17 @@ class Mistral(HandWrittenTemplate):
 
 
 def hf_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """Messages in the form HF chat templates take: `tool_calls` of type function, results in role `tool`.
-
-    Calls get ids (9 digits: turn index and call position) and results the id of the call they
-    answer, for templates that require them (Mistral's); the others ignore them.
-    """
-    out, pending = [], []
-    for k, msg in enumerate(messages):
+    """Messages in the form HF chat templates take: `tool_calls` of type function, results in role `tool`,
+    with the ids of `call_ids` (templates that do not need them ignore them)."""
+    out = []
+    for msg, ids in zip(messages, call_ids(messages)):
         if msg.tool_calls:
-            ids = [f"{k:06d}{j:03d}" for j in range(len(msg.tool_calls))]
-            pending += ids
             out.append({"role": "assistant", "content": "", "tool_calls": [
                 {"id": i, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                 for i, c in zip(ids, msg.tool_calls)]})
         elif msg.role == "tool":
             out.append({"role": "tool", "content": msg.content, "name": msg.name,
-                        **({"tool_call_id": pending.pop(0)} if pending else {})})
+                        **({"tool_call_id": ids[0]} if ids else {})})
         else:
             out.append({"role": msg.role, "content": msg.content})
     return out
@@ -707,9 +746,8 @@ class AutoTemplate(ChatTemplate):
             pos = len(end)
         return [p for p in pieces + [Piece(full[pos:], None)] if p.text]
 
-    def parse_reply(self, text: str) -> Message:
-        cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0), default=len(text))
-        return self.parser.parse_reply(text[:cut]) if self.parser else Message("assistant", text[:cut].strip())
+    def _parse(self, text: str) -> Message:
+        return self.parser.parse_reply(text) if self.parser else Message("assistant", text.strip())
 
 
 _FAMILIES: dict[str, type[HandWrittenTemplate]] = {t.name: t for t in (ChatML, Qwen25, Llama3, GLM4, Mistral, Gemma)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -100,6 +101,41 @@ def _smollm2_dir() -> Path:
 
 
 REAL_TOKENIZERS = tuple(NPM) + ("smollm2",)
+
+# Mistral's own reference encoder, with the v3 tokenizer inside its wheel. It pins numpy<2.4 (the venv has
+# a newer one it runs with), so it is installed without dependency resolution into the cache, not the venv.
+MISTRAL_COMMON = ("mistral-common", "1.13.1", "98b4d0755b8d90bf4691fa8f1b70cb3b4a8cd4dc1653c4ed08ef3d1c7d2c29af")
+MISTRAL_COMMON_DEPS = ("sentencepiece==0.2.3", "pydantic-extra-types==2.11.1", "pycountry==26.2.16",
+                       "jsonschema==4.26.0", "jsonschema-specifications==2025.9.1", "referencing==0.37.0",
+                       "rpds-py==2026.9.1", "attrs==26.1.0", "tiktoken==0.14.0")
+
+
+def mistral_v3():
+    """mistral-common's `MistralTokenizer.v3()` (Mistral-7B-Instruct-v0.3), fetched with pip on first use."""
+    name, version, sha256 = MISTRAL_COMMON
+    target = CACHE / f"{name}-{version}-{sha256[:12]}"
+    if not target.is_dir():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+            done = subprocess.run(pip + ["download", "--no-deps", "-d", tmp, f"{name}=={version}"],
+                                  capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                pytest.skip(f"PyPI unreachable for {name}=={version}: {done.stderr.strip()[-300:]}")
+            [wheel] = Path(tmp).glob("*.whl")
+            if _sha256(wheel) != sha256:
+                raise AssertionError(f"{wheel.name}: sha256 {_sha256(wheel)}, pinned {sha256}")
+            staging = tempfile.mkdtemp(dir=CACHE)
+            done = subprocess.run(pip + ["install", "--no-deps", "--target", staging, str(wheel),
+                                         *MISTRAL_COMMON_DEPS], capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                pytest.skip(f"PyPI unreachable for {name}'s dependencies: {done.stderr.strip()[-300:]}")
+            Path(staging).rename(target)
+    if str(target) not in sys.path:
+        sys.path.append(str(target))
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    return MistralTokenizer.v3()
 
 
 def load_real_tokenizer(name: str):

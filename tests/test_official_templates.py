@@ -261,3 +261,56 @@ def parity(family: str) -> tuple[int, int]:
 def test_hand_written_family_matches_the_official_template(family):
     same, total = parity(family)
     assert total > 50 and same == total, f"{family}: {same}/{total}"
+
+
+# ---- Mistral: mistral-common is the reference --------------------------------------------------------
+
+def mistral_common_text(encoder, messages, tools) -> str:
+    """mistral-common's v3 encoding of `messages` as text (its pieces joined: ▁ is a space, <0xNN> bytes)."""
+    import re
+
+    from mistral_common.protocol.instruct.messages import (AssistantMessage, SystemMessage, ToolMessage,
+                                                           UserMessage)
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.protocol.instruct.tool_calls import Function, FunctionCall, Tool, ToolCall
+
+    from data.templates import call_ids
+
+    out = []
+    for m, ids in zip(messages, call_ids(messages)):
+        if m.tool_calls:
+            out.append(AssistantMessage(content=None, tool_calls=[
+                ToolCall(id=i, function=FunctionCall(name=c.name, arguments=json.dumps(c.arguments, ensure_ascii=False)))
+                for i, c in zip(ids, m.tool_calls)]))
+        elif m.role == "tool":
+            out.append(ToolMessage(content=m.content, tool_call_id=ids[0]))
+        else:
+            out.append({"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}[m.role](
+                content=m.content))
+    request = ChatCompletionRequest(messages=out, tools=[Tool(function=Function(**t["function"])) for t in tools])
+    text = encoder.encode_chat_completion(request).text
+    text = re.sub(r"(?:<0x[0-9A-F]{2}>)+",
+                  lambda run: bytes(int(h, 16) for h in re.findall(r"<0x([0-9A-F]{2})>", run.group(0))).decode(), text)
+    return text.replace("\u2581", " ")
+
+
+def test_mistral_matches_mistral_common():
+    """Every assistant turn's served prompt (mistral-common's encoding of the history) is the text before it in
+    the sample that trains it: one pass for the 4 single-user dialogues, per turn for the 26 others."""
+    from real_tokenizers import mistral_v3
+
+    encoder, template = mistral_v3(), get_template("mistral")
+    per_turn = turns = 0
+    for conv in dialogues():
+        try:
+            whole = "".join(p.text for p in template.render(conv.messages, conv.tools))
+        except NotPrefixStable:
+            whole, per_turn = None, per_turn + 1
+        for k, msg in enumerate(conv.messages):
+            if msg.role != "assistant":
+                continue
+            turns += 1
+            sample = whole or "".join(p.text for p in template.render_turn(conv.messages, conv.tools, k))
+            served = mistral_common_text(encoder, conv.messages[:k], conv.tools)
+            assert served == template.prompt(conv.messages[:k], conv.tools) and sample.startswith(served), k
+    assert (per_turn, turns) == (26, 106)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from data.conversation import Message, ToolCall
-from data.templates import (CALL_ROLE, CUSTOM_TOOLS_INTRO, TEMPLATE_FAMILIES, ChatML, Piece, get_template)
+from data.templates import (CALL_ROLE, CUSTOM_TOOLS_INTRO, TEMPLATE_FAMILIES, ChatML, NotPrefixStable, Piece,
+                            get_template)
 
 CASES = [("chatml", "native"), ("chatml", "custom"), ("llama3", "native"), ("llama3", "custom"),
          ("glm4", "native"), ("glm4", "custom"), ("mistral", "native"), ("gemma", "native"), ("gemma", "custom")]
@@ -100,9 +101,17 @@ def generated_turns():
                     yield family, fmt, conv, k
 
 
+def one_pass_or_turn(template, messages, tools, k) -> list[Piece]:
+    """The one-pass pieces, or turn k's per-turn sample where the template is not prefix-stable (Mistral)."""
+    try:
+        return template.render(messages, tools)
+    except NotPrefixStable:
+        return template.render_turn(messages, tools, k)
+
+
 def locate(template, messages, tools, k) -> tuple[str, list[Piece], int]:
-    prompt = text_of(template.render(messages[:k], tools, add_generation_prompt=True))
-    pieces = template.render(messages, tools)
+    prompt = template.prompt(messages[:k], tools)
+    pieces = one_pass_or_turn(template, messages, tools, k)
     assert text_of(pieces).startswith(prompt)
     return prompt, pieces, body_start(pieces, len(prompt))
 
@@ -145,7 +154,11 @@ def test_every_turn_is_tagged_with_its_kind(family, fmt):
     for messages, tools in CONVERSATIONS.values():
         if not applies(family, fmt, tools):
             continue
-        pieces = template.render(messages, tools)
+        try:
+            pieces = template.render(messages, tools)
+        except NotPrefixStable:  # per-turn samples: each tags its own turn (test_inference_prompt_...)
+            assert template.system_at_last_user
+            continue
         assert all(p.text for p in pieces)
         for msg in messages:
             assert any(p.kind == msg.kind and marker(msg) in p.text for p in pieces), (msg, pieces)
@@ -245,10 +258,10 @@ EXPECTED = {
         + json.dumps(TOOL["function"], ensure_ascii=False, indent=4) + "\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
         '<|system|>\n你是酒店助手。<|user|>\n找瑞洁宾舍<|assistant|>search_hotels\n{"name": "瑞洁宾舍"}<|observation|>\n' + RESULT
         + "<|assistant|>\n为您查到北京瑞洁宾舍民宿。<|user|>",
-    ("mistral", "native"):
+    ("mistral", "native"):  # mistral-common's v3 encoding: call ids, results name the call they answer
         "<s>[AVAILABLE_TOOLS] [" + TOOL_JSON + "][/AVAILABLE_TOOLS][INST] 你是酒店助手。\n\n找瑞洁宾舍[/INST]"
-        '[TOOL_CALLS] [{"name": "search_hotels", "arguments": {"name": "瑞洁宾舍"}}]</s>'
-        '[TOOL_RESULTS] {"content": ' + RESULT + "}[/TOOL_RESULTS] 为您查到北京瑞洁宾舍民宿。</s>",
+        '[TOOL_CALLS] [{"name": "search_hotels", "arguments": {"name": "瑞洁宾舍"}, "id": "000002000"}]</s>'
+        '[TOOL_RESULTS] {"content": ' + RESULT + ', "call_id": "000002000"}[/TOOL_RESULTS] 为您查到北京瑞洁宾舍民宿。</s>',
     ("gemma", "custom"):
         "<bos><start_of_turn>user\n" + CUSTOM_SYSTEM + "\n\n找瑞洁宾舍<end_of_turn>\n"
         '<start_of_turn>search\n{"name": "瑞洁宾舍"}<end_of_turn>\n<start_of_turn>return\n' + RESULT
@@ -333,13 +346,13 @@ def test_special_tokens_cover_the_markers(family, fmt):
     for messages, tools in CONVERSATIONS.values():
         if not applies(family, fmt, tools):
             continue
-        used = set(SPECIAL_LOOKING.findall(text_of(template.render(messages, tools, add_generation_prompt=True))))
+        used = set(SPECIAL_LOOKING.findall(template.prompt(messages, tools)))
         assert used <= set(specials), used - set(specials)
 
 
 def test_system_must_reach_a_user_turn():
     for family in ("gemma", "mistral"):
-        with pytest.raises(ValueError, match="first user turn"):
+        with pytest.raises(ValueError, match="in a user turn"):
             get_template(family).render([Message("system", "s"), Message("assistant", "a")])
         with pytest.raises(ValueError, match="only as the first message"):
             get_template(family).render([Message("user", "u"), Message("system", "s")])
@@ -393,3 +406,15 @@ def test_jinja_template_renders_what_python_renders(hf_tokenizer, conv):
                     add_generation_prompt=generation)
                 python = text_of(template.render(messages[:k], tool_list, add_generation_prompt=generation))
                 assert jinja == python, (conv, k, bool(tool_list), generation)
+
+
+def test_mistral_moves_tools_and_system_to_the_last_user_turn():
+    messages, tools = CONVERSATIONS["tools"]
+    template = get_template("mistral")
+    with pytest.raises(NotPrefixStable):
+        template.render(messages, tools)
+    first, last = template.prompt(messages[:2], tools), template.prompt(messages, tools)
+    assert first.startswith("<s>[AVAILABLE_TOOLS]") and "[INST] 你是酒店助手。\n\n找一家叫瑞洁宾舍的酒店[/INST]" in first
+    assert last.startswith("<s>[INST] 找一家叫瑞洁宾舍的酒店[/INST]")
+    assert last.count("[AVAILABLE_TOOLS]") == 1 and last.endswith(
+        "[/AVAILABLE_TOOLS][INST] 你是酒店助手。\n\n电话是多少？[/INST] 电话是010-83133338。</s>")
