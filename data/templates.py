@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from jinja2 import TemplateError
+
 from data.conversation import TRAINABLE_KINDS, Message, ToolCall
 
 TOOL_FORMATS = ("native", "custom")
@@ -150,7 +152,8 @@ class ChatTemplate(ABC):
 
     def jinja(self) -> str | None:
         """A chat template that makes `apply_chat_template` render what this template renders (export writes it
-        into the tokenizer); None where there is none (seed 000's roles, Mistral's first-turn tools)."""
+        into the tokenizer); None where there is none (seed 000's roles; Mistral, GLM-4 and Gemma, whose official
+        templates take other message forms or none with tools)."""
         return (CHAT_TEMPLATES / self.jinja_file).read_text(encoding="utf-8") if self.jinja_file else None
 
     def prompt(self, messages: Sequence[Message], tools: Sequence[dict] = ()) -> str:
@@ -677,7 +680,7 @@ class AutoTemplate(ChatTemplate):
                              f"family ({', '.join(TEMPLATE_FAMILIES)})")
         self.tokenizer, self.chat_template = tokenizer, tokenizer.chat_template
         user = [Message("user", "probe question")]
-        reply = self._full_text(user + [Message("assistant", "probe answer")], ())
+        reply = self._render(user + [Message("assistant", "probe answer")], (), False)
         prompt = self._render(user, (), True)
         if not reply.startswith(prompt) or "probe answer" not in reply[len(prompt):]:
             raise ValueError("model.template=auto: the tokenizer's chat template does not render a reply after "
@@ -716,18 +719,20 @@ class AutoTemplate(ChatTemplate):
 
     def _call_parser(self, user: list[Message]) -> HandWrittenTemplate | None:
         """The native family whose parser reads this template's probe call back; None without tool support."""
+        tools = [self._PROBE_TOOL]
         try:
-            body = self.render_turn(user + [self._PROBE_CALL], [self._PROBE_TOOL], 1)[1].text
-            schemas = self._render(user, [self._PROBE_TOOL], True)
-        except Exception:  # noqa: BLE001 - a template may reject tool messages in any way
+            prompt = self._render(user, tools, True)
+            full = self._render(user + [self._PROBE_CALL], tools, False)
+        except (TemplateError, TypeError, ValueError):  # templates reject tool messages in their own ways
             return None
-        if "probe description" not in schemas or "probe value" not in body:
+        body = full[len(prompt):]
+        if "probe description" not in prompt or not full.startswith(prompt) or "probe value" not in body:
             return None
         return next((f for f in (ChatML(), Llama3(), Mistral(), GLM4()) if f.parse_reply(body) == self._PROBE_CALL),
                     None)
 
     def _check_tools(self, messages: Sequence[Message], tools: Sequence[dict]) -> None:
-        if getattr(self, "parser", True) is None and (tools or any(m.kind in ("call", "tool") for m in messages)):
+        if self.parser is None and (tools or any(m.kind in ("call", "tool") for m in messages)):
             raise ValueError("model.template=auto: the tokenizer's chat template ignores tools or drops tool "
                              "calls, so tool dialogues cannot be trained as it serves them; use a hand-written "
                              "family (model.template=chatml: export writes its template into the tokenizer)")
