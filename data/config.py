@@ -14,6 +14,7 @@ class DataConfig:
     test: Optional[str] = None
     packing: bool = True  # pack whole dialogues into rows of train.seq_len tokens
     overlong: str = "truncate"  # truncate (at a turn boundary) | drop | error
+    multi_turn: str = "one_pass"  # one_pass (every trained turn of a dialogue in one sample) | per_turn (one sample per turn)
     train_on: list[str] = field(default_factory=lambda: ["assistant", "call"])
     tools: list[str] = field(default_factory=list)  # JSON files of function schemas rendered into the system turn
     system: Optional[str] = None  # system prompt for conversations that have none

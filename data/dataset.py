@@ -15,25 +15,26 @@ from transformers import PreTrainedTokenizerBase
 
 from data.config import DataConfig
 from data.conversation import TRAINABLE_KINDS
-from data.encoding import OVERLONG, encode_conversation
+from data.encoding import MULTI_TURN, OVERLONG, encode_conversation
 from data.errors import DataError
 from data.formats import read_conversations
 from data.packing import PackingStats, build_row, pack_documents
 from data.templates import ChatTemplate
 
 # Bump when encoding or rendering changes, so stale caches are never reused.
-ENCODING_VERSION = "1"
+ENCODING_VERSION = "2"
 
 
 @dataclass
 class PackedSplit:
     """One split ready for the loop: encoded dialogues and the rows they are packed into."""
 
-    docs: datasets.Dataset  # columns: input_ids, trained, truncated
+    docs: datasets.Dataset  # one row per sample; columns: input_ids, trained, truncated, dialogue, per_turn_fallback
     rows: list[list[int]]  # document indices per row
     stats: PackingStats
     truncated: int
     dropped: int
+    per_turn_fallback: int = 0  # dialogues trained per turn because the template is not prefix-stable for them
 
     def __post_init__(self) -> None:
         self._ids, self._trained = self.docs["input_ids"], self.docs["trained"]
@@ -46,9 +47,12 @@ class PackedSplit:
 
     def report(self, name: str) -> str:
         s = self.stats
-        return (f"{name}: {s.documents} dialogues → {s.rows} rows of ≤{s.capacity} tokens, "
+        dialogues = len(set(self.docs["dialogue"]))
+        fallback = (f", {self.per_turn_fallback} of {dialogues} dialogues trained per turn (chat template not "
+                    "prefix-stable for them)" if self.per_turn_fallback else "")
+        return (f"{name}: {s.documents} samples → {s.rows} rows of ≤{s.capacity} tokens, "
                 f"{s.tokens:,} tokens, packing efficiency {s.efficiency:.1%}, "
-                f"{self.truncated} truncated, {self.dropped} dropped as overlong")
+                f"{self.truncated} truncated, {self.dropped} dropped as overlong{fallback}")
 
 
 def load_tools(paths: Sequence[str]) -> list[dict]:
@@ -76,7 +80,7 @@ def _cache_key(path: str, cfg: DataConfig, tools: list[dict], template: ChatTemp
     parts = {
         "file": _file_digest(path), "format": cfg.format, "tools": tools, "system": cfg.system,
         "columns": dict(cfg.columns), "filter": cfg.filter_column, "train_on": sorted(cfg.train_on),
-        "overlong": cfg.overlong, "max_len": max_len, "template": repr(template),
+        "overlong": cfg.overlong, "max_len": max_len, "template": repr(template), "multi_turn": cfg.multi_turn,
         "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
         "version": ENCODING_VERSION,
     }
@@ -97,6 +101,8 @@ def encode_file(path: str, cfg: DataConfig, template: ChatTemplate, tokenizer: P
         raise ValueError(f"data.train_on: unknown {sorted(bad)}; allowed: {list(TRAINABLE_KINDS)}")
     if cfg.overlong not in OVERLONG:
         raise ValueError(f"data.overlong={cfg.overlong!r}; allowed: {list(OVERLONG)}")
+    if cfg.multi_turn not in MULTI_TURN:
+        raise ValueError(f"data.multi_turn={cfg.multi_turn!r}; allowed: {list(MULTI_TURN)}")
     tools = load_tools(cfg.tools)
     key = _cache_key(path, cfg, tools, template, tokenizer, max_len)
     cache = Path(os.path.expanduser(cfg.cache_dir)) / f"{Path(path).stem}-{key}.arrow"
@@ -107,14 +113,17 @@ def encode_file(path: str, cfg: DataConfig, template: ChatTemplate, tokenizer: P
     # A bar only when encoding takes a while (delay), and only on rank 0 under torchrun.
     progress = tqdm(convs, desc=f"encoding {Path(path).name}", unit="dialogue", delay=2,
                     disable=int(os.environ.get("RANK", 0)) != 0)
-    encoded = [encode_conversation(c, template, tokenizer, cfg.train_on, max_len, cfg.overlong) for c in progress]
+    samples = [(d, enc) for d, conv in enumerate(progress)
+               for enc in encode_conversation(conv, template, tokenizer, cfg.train_on, max_len, cfg.overlong,
+                                              cfg.multi_turn)]
     cache.parent.mkdir(parents=True, exist_ok=True)
-    table = datasets.Dataset.from_dict({"index": list(range(len(encoded)))})
+    table = datasets.Dataset.from_dict({"index": list(range(len(samples)))})
 
     def to_columns(example: dict) -> dict:
-        enc = encoded[example["index"]]
+        dialogue, enc = samples[example["index"]]
         return {"input_ids": enc.input_ids if enc else [], "trained": enc.trained if enc else [],
-                "truncated": bool(enc and enc.truncated)}
+                "truncated": bool(enc and enc.truncated), "dialogue": dialogue,
+                "per_turn_fallback": bool(enc and enc.per_turn_fallback)}
 
     return table.map(to_columns, remove_columns=["index"], cache_file_name=str(cache), new_fingerprint=key,
                      desc=f"caching {Path(path).name}")
@@ -133,4 +142,6 @@ def load_split(path: str, cfg: DataConfig, template: ChatTemplate, tokenizer: Pr
             if packing else [[i] for i in kept])
     stats = PackingStats(documents=len(kept), rows=len(rows), tokens=sum(lengths[i] for i in kept),
                          capacity=seq_len)
-    return PackedSplit(docs, rows, stats, truncated=sum(docs["truncated"]), dropped=len(lengths) - len(kept))
+    fallback = len({d for d, flag in zip(docs["dialogue"], docs["per_turn_fallback"]) if flag})
+    return PackedSplit(docs, rows, stats, truncated=sum(docs["truncated"]), dropped=len(lengths) - len(kept),
+                       per_turn_fallback=fallback)

@@ -16,7 +16,8 @@ def trained_spans(input_ids: list[int], trained: list[int]) -> list[tuple[bool, 
 
 
 def sample_records(split: PackedSplit, tokenizer: PreTrainedTokenizerBase, count: int) -> list[dict]:
-    """The first `count` dialogues as {"text", "trained"} (decoded sample, decoded trained spans)."""
+    """The first `count` samples as {"text", "trained"} (decoded sample, decoded trained spans), with the
+    dialogue each comes from and whether it was trained per turn for want of a prefix-stable template."""
     records = []
     for index in range(min(count, len(split.docs))):
         ids, flags = split.docs[index]["input_ids"], split.docs[index]["trained"]
@@ -27,5 +28,7 @@ def sample_records(split: PackedSplit, tokenizer: PreTrainedTokenizerBase, count
             "marked": "".join(OPEN + tokenizer.decode(run) + CLOSE if flag else tokenizer.decode(run)
                               for flag, run in runs),
             "tokens": len(ids),
+            "dialogue": split.docs[index]["dialogue"],
+            "per_turn_fallback": split.docs[index]["per_turn_fallback"],
         })
     return records

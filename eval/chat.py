@@ -53,7 +53,7 @@ class ChatSession:
         self.messages = [Message("system", self.system)] if self.system else []
 
     def _next_turn(self) -> tuple[str, Message]:
-        prompt = "".join(p.text for p in self.template.render(self.messages, self.tools, add_generation_prompt=True))
+        prompt = self.template.prompt(self.messages, self.tools)
         raw = self.reply(prompt)
         return raw, self.template.parse_reply(raw)
 

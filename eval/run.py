@@ -298,7 +298,7 @@ def run_evaluation(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
     cfg = resolve_config(cfg, overrides)
     torch.manual_seed(cfg.train.seed)  # only sampling draws random numbers
     loaded = load_for_inference(cfg)
-    template = get_template(cfg.model.template, cfg.model.tool_format)
+    template = get_template(cfg.model.template, cfg.model.tool_format, loaded.tokenizer)
     labels = (cfg.eval.model_name or cfg.model.name, cfg.eval.method or loaded.method)
     if cfg.eval.name == "hotel":
         result = evaluate_hotel(cfg, loaded, template, labels)
@@ -319,7 +319,7 @@ def run_chat(cfg: DictConfig, overrides: Sequence[str] = (), read_line: Callable
     cfg = resolve_config(cfg, overrides)
     db = load_db(cfg.chat.db)
     loaded = load_for_inference(cfg)
-    template = get_template(cfg.model.template, cfg.model.tool_format)
+    template = get_template(cfg.model.template, cfg.model.tool_format, loaded.tokenizer)
     settings = GenerationSettings.from_config(cfg.eval)
 
     def reply(prompt: str) -> str:

@@ -42,7 +42,7 @@ def load_turns(path: str, data: DataConfig, template: ChatTemplate, limit: int =
                 user = msg.content
             if msg.role != "assistant":
                 continue
-            prompt = "".join(p.text for p in template.render(conv.messages[:k], conv.tools, add_generation_prompt=True))
+            prompt = template.prompt(conv.messages[:k], conv.tools)
             turns.append(Turn(prompt, as_turn(msg), conv.source, k, user))
             if len(turns) == limit:
                 return turns

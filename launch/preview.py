@@ -1,7 +1,9 @@
 """Show samples as the model sees them: `python launch/preview.py [same overrides as train]`.
 
-Trained spans are marked [[like this]]; `preview.json=true` prints one JSON object per
-sample with `text` and `trained`; `preview.samples=N`, `preview.split=train|dev|test`.
+Trained spans are marked [[like this]], each sample headed by its dialogue and path (`one_pass`,
+`per_turn`, or per turn because the chat template is not prefix-stable for it); `preview.json=true`
+prints one JSON object per sample with `text`, `trained`, `dialogue` and `path`;
+`preview.samples=N`, `preview.split=train|dev|test`.
 """
 import json
 import sys
@@ -22,13 +24,15 @@ def main(cfg: DictConfig) -> None:
     if not path:
         raise SystemExit(f"error: data.{cfg.preview.split} is not set")
     tokenizer = load_tokenizer(cfg.model)
-    split = load_split(path, cfg.data, get_template(cfg.model.template, cfg.model.tool_format), tokenizer,
+    split = load_split(path, cfg.data, get_template(cfg.model.template, cfg.model.tool_format, tokenizer), tokenizer,
                        cfg.train.seq_len)
     for record in sample_records(split, tokenizer, cfg.preview.samples):
+        path = "per_turn (chat template not prefix-stable)" if record["per_turn_fallback"] else cfg.data.multi_turn
         if cfg.preview.json:
-            print(json.dumps({"text": record["text"], "trained": record["trained"]}, ensure_ascii=False))
+            print(json.dumps({"text": record["text"], "trained": record["trained"], "dialogue": record["dialogue"],
+                              "path": path}, ensure_ascii=False))
         else:
-            print(f"── sample ({record['tokens']} tokens) " + "─" * 40)
+            print(f"── sample ({record['tokens']} tokens, dialogue {record['dialogue']}, {path}) " + "─" * 20)
             print(record["marked"])
     print(split.report(cfg.preview.split), file=sys.stderr if cfg.preview.json else sys.stdout)
 

@@ -15,7 +15,7 @@ class ModelConfig:
     revision: Optional[str] = None
     dtype: str = "float32"  # float32 | bfloat16 | float16: dtype the base weights are loaded in
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2 | flex_attention
-    template: str = "chatml"  # chat template family: chatml | llama3 | glm4 | mistral | gemma
+    template: str = "chatml"  # auto (the tokenizer's own chat template) | chatml | qwen2.5 | llama3 | glm4 | mistral | gemma
     tool_format: str = "native"  # native (the family's own tool-call format) | custom (seed 000's search/return roles)
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     trust_remote_code: bool = False

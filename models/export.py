@@ -3,7 +3,7 @@
 Three outcomes: an adapter merged into its base (`merge=true`: LoRA, DoRA, IA3, QLoRA) → a plain
 `AutoModelForCausalLM` directory; an adapter as is → `adapter_model.safetensors` + `adapter_config.json`
 for `PeftModel.from_pretrained`; a full fine-tuning checkpoint → the model as is. Every export carries
-the tokenizer with its chat template, and no training state.
+the tokenizer, with the chat template that renders what training rendered, and no training state.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from data.templates import get_template
 from models.adapters import PEFT_METHODS
 from models.loading import torch_dtype
 
@@ -98,10 +99,25 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, merge: boo
         merged = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
         _save_standalone(merged, output, max_shard_size)
         what = f"{peft_type} adapter merged into {adapter_cfg.base_model_name_or_path} ({merged.dtype})"
+    what += _set_training_chat_template(tokenizer, run)
     tokenizer.save_pretrained(output)
     if not tokenizer.chat_template:
         what += "; note: the tokenizer has no chat template"
     return what
+
+
+def _set_training_chat_template(tokenizer: Any, run: DictConfig | None) -> str:
+    """Give the exported tokenizer the chat template that renders what training rendered (`model.template=auto`:
+    the tokenizer's own, kept), so a server using it prompts the model as it was trained; returns a note."""
+    if run is None:
+        return "; note: no config.yaml found, the tokenizer's chat template is kept as is"
+    template = get_template(run.model.template, run.model.tool_format, tokenizer)
+    chat_template = template.jinja()
+    if chat_template is None:
+        return (f"; note: no chat template renders {run.model.template!r} with tool_format={run.model.tool_format!r}, "
+                "so the tokenizer's is kept: prompt the model with turnpack's template (eval/, launch/chat.py)")
+    tokenizer.chat_template = chat_template
+    return f"; chat template: the one training used ({run.model.template})"
 
 
 def describe_export(output: Path) -> str:

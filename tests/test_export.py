@@ -1,5 +1,6 @@
 """Export: merged adapters reload as plain models with the adapted logits; adapters and full models as is."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,44 @@ def test_export_entry_point(trained, tmp_path):
     again = subprocess.run([sys.executable, "launch/export.py", f"checkpoint={final}", f"output_dir={out}"],
                            cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 2 and again.stderr.startswith("error: output_dir=") and "not empty" in again.stderr
+
+
+@pytest.mark.parametrize("family", ["chatml", "qwen2.5"])
+def test_exported_chat_template_renders_what_training_saw(family, trained, tmp_path):
+    """apply_chat_template on the exported tokenizer reproduces the training text of every hotel test dialogue:
+    the whole dialogue and each turn's prompt. (`qwen2.5`: the run's config names another family, whose
+    official template export then writes.)"""
+    from omegaconf import OmegaConf
+
+    from data.templates import get_template, hf_messages
+    from real_tokenizers import hotel_dialogues
+
+    _, final = trained("lora")
+    checkpoint = tmp_path / "final"
+    shutil.copytree(final, checkpoint)
+    run = OmegaConf.load(final.parent / "config.yaml")
+    run.model.template = family
+    OmegaConf.save(run, checkpoint / "config.yaml")
+    what = export_checkpoint(checkpoint, tmp_path / "out")
+    assert f"chat template: the one training used ({family})" in what
+    exported = AutoTokenizer.from_pretrained(tmp_path / "out")
+    template = get_template(family)
+    for conv in hotel_dialogues(30):
+        rendered = exported.apply_chat_template(hf_messages(conv.messages), tools=conv.tools, tokenize=False)
+        assert rendered == "".join(p.text for p in template.render(conv.messages, conv.tools))
+        for k in (k for k, m in enumerate(conv.messages) if m.role == "assistant"):
+            assert exported.apply_chat_template(hf_messages(conv.messages[:k]), tools=conv.tools, tokenize=False,
+                                                add_generation_prompt=True) == template.prompt(conv.messages[:k],
+                                                                                               conv.tools)
+
+
+def test_export_says_when_no_chat_template_renders_the_training_format(trained, tmp_path):
+    from omegaconf import OmegaConf
+
+    _, final = trained("lora")
+    checkpoint = tmp_path / "final"
+    shutil.copytree(final, checkpoint)
+    run = OmegaConf.load(final.parent / "config.yaml")
+    run.model.tool_format = "custom"
+    OmegaConf.save(run, checkpoint / "config.yaml")
+    assert "no chat template renders 'chatml' with tool_format='custom'" in export_checkpoint(checkpoint, tmp_path / "o")

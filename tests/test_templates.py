@@ -6,16 +6,17 @@ from pathlib import Path
 import pytest
 
 from data.conversation import Message, ToolCall
-from data.templates import (CALL_ROLE, CUSTOM_TOOLS_INTRO, TEMPLATE_FAMILIES, ChatML, Piece, get_template)
+from data.templates import (CALL_ROLE, CUSTOM_TOOLS_INTRO, TEMPLATE_FAMILIES, ChatML, NotPrefixStable, Piece,
+                            get_template)
 
 CASES = [("chatml", "native"), ("chatml", "custom"), ("llama3", "native"), ("llama3", "custom"),
          ("glm4", "native"), ("glm4", "custom"), ("mistral", "native"), ("gemma", "native"), ("gemma", "custom")]
-CUSTOM_CALLS = {("chatml", "custom"), ("llama3", "custom"), ("gemma", "native"), ("gemma", "custom")}
+CUSTOM_CALLS = {("chatml", "custom"), ("llama3", "custom"), ("gemma", "custom")}
 GENERATION_PROMPTS = {
     ("chatml", "native"): "<|im_start|>assistant\n", ("chatml", "custom"): "<|im_start|>",
     ("llama3", "native"): "<|start_header_id|>assistant<|end_header_id|>\n\n", ("llama3", "custom"): "<|start_header_id|>",
     ("glm4", "native"): "<|assistant|>", ("glm4", "custom"): "<|assistant|>", ("mistral", "native"): "",
-    ("gemma", "native"): "<start_of_turn>", ("gemma", "custom"): "<start_of_turn>",
+    ("gemma", "native"): "<start_of_turn>model\n", ("gemma", "custom"): "<start_of_turn>",
 }
 END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": "</s>", "gemma": "<end_of_turn>"}
 
@@ -57,12 +58,19 @@ CONVERSATIONS = {
 }
 
 
+def applies(family: str, fmt: str, tools: list) -> bool:
+    """Gemma has no native tool format: its native template takes text dialogues only."""
+    return not (family == "gemma" and fmt == "native" and tools)
+
+
 def text_of(pieces: list[Piece]) -> str:
     return "".join(p.text for p in pieces)
 
 
 def marker(msg: Message) -> str:
-    """A string that only this turn renders."""
+    """A string that only this turn renders (a result's longest stretch without quotes: Llama 3.1 JSON-encodes it)."""
+    if msg.role == "tool":
+        return max(re.findall(r'[^"\\]+', msg.content), key=len)
     return json.dumps(msg.tool_calls[0].arguments, ensure_ascii=False) if msg.tool_calls else msg.content
 
 
@@ -88,14 +96,22 @@ def body_of(pieces: list[Piece], start: int) -> str:
 def generated_turns():
     for family, fmt in CASES:
         for conv, (messages, tools) in CONVERSATIONS.items():
-            for k, msg in enumerate(messages):
+            for k, msg in enumerate(messages if applies(family, fmt, tools) else []):
                 if msg.role == "assistant":
                     yield family, fmt, conv, k
 
 
+def one_pass_or_turn(template, messages, tools, k) -> list[Piece]:
+    """The one-pass pieces, or turn k's per-turn sample where the template is not prefix-stable (Mistral)."""
+    try:
+        return template.render(messages, tools)
+    except NotPrefixStable:
+        return template.render_turn(messages, tools, k)
+
+
 def locate(template, messages, tools, k) -> tuple[str, list[Piece], int]:
-    prompt = text_of(template.render(messages[:k], tools, add_generation_prompt=True))
-    pieces = template.render(messages, tools)
+    prompt = template.prompt(messages[:k], tools)
+    pieces = one_pass_or_turn(template, messages, tools, k)
     assert text_of(pieces).startswith(prompt)
     return prompt, pieces, body_start(pieces, len(prompt))
 
@@ -136,7 +152,13 @@ def test_generation_prompt(family, fmt):
 def test_every_turn_is_tagged_with_its_kind(family, fmt):
     template = get_template(family, fmt)
     for messages, tools in CONVERSATIONS.values():
-        pieces = template.render(messages, tools)
+        if not applies(family, fmt, tools):
+            continue
+        try:
+            pieces = template.render(messages, tools)
+        except NotPrefixStable:  # per-turn samples: each tags its own turn (test_inference_prompt_...)
+            assert template.system_at_last_user
+            continue
         assert all(p.text for p in pieces)
         for msg in messages:
             assert any(p.kind == msg.kind and marker(msg) in p.text for p in pieces), (msg, pieces)
@@ -164,7 +186,7 @@ def test_parse_reply_inverts_the_body(family, fmt, conv, k):
     assert template.parse_reply(body + "<junk after the stop>") == expected
 
 
-@pytest.mark.parametrize("family,fmt", CASES)
+@pytest.mark.parametrize("family,fmt", [c for c in CASES if applies(*c, [TOOL])])
 def test_broken_call_json_is_invalid(family, fmt):
     template = get_template(family, fmt)
     messages, tools = CONVERSATIONS["tools"]
@@ -215,30 +237,32 @@ EXPECTED = {
         "<|im_start|>system\n" + CUSTOM_SYSTEM + "<|im_end|>\n<|im_start|>user\n找瑞洁宾舍<|im_end|>\n"
         '<|im_start|>search\n{"name": "瑞洁宾舍"}<|im_end|>\n<|im_start|>return\n' + RESULT + "<|im_end|>\n"
         "<|im_start|>assistant\n为您查到北京瑞洁宾舍民宿。<|im_end|>\n",
-    ("llama3", "native"):
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n\nYou have access to "
-        "the following functions. To call a function, please respond with JSON for a function call.Respond in the "
-        'format {"name": function name, "parameters": dictionary of argument name and its value}.Do not use '
-        "variables.\n\n" + json.dumps(TOOL, ensure_ascii=False, indent=4) + "\n\n你是酒店助手。<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\n找瑞洁宾舍<|eot_id|><|start_header_id|>assistant<|end_header_id|>"
-        '\n\n{"name": "search_hotels", "parameters": {"name": "瑞洁宾舍"}}<|eot_id|><|start_header_id|>ipython'
-        "<|end_header_id|>\n\n" + RESULT + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-        "为您查到北京瑞洁宾舍民宿。<|eot_id|>",
+    ("llama3", "native"):  # Llama 3.1's official default: date lines, tools in the first user turn
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\nCutting Knowledge "
+        "Date: December 2023\nToday Date: 26 Jul 2024\n\n你是酒店助手。<|eot_id|><|start_header_id|>user"
+        "<|end_header_id|>\n\nGiven the following functions, please respond with a JSON for a function call with "
+        "its proper arguments that best answers the given prompt.\n\nRespond in the format {\"name\": function "
+        'name, "parameters": dictionary of argument name and its value}.Do not use variables.\n\n'
+        + json.dumps(TOOL, ensure_ascii=False, indent=4) + "\n\n找瑞洁宾舍<|eot_id|><|start_header_id|>assistant"
+        '<|end_header_id|>\n\n{"name": "search_hotels", "parameters": {"name": "瑞洁宾舍"}}<|eot_id|>'
+        "<|start_header_id|>ipython<|end_header_id|>\n\n" + json.dumps(RESULT, ensure_ascii=False) + "<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n为您查到北京瑞洁宾舍民宿。<|eot_id|>",
     ("llama3", "custom"):
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + CUSTOM_SYSTEM + "<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\n找瑞洁宾舍<|eot_id|><|start_header_id|>search<|end_header_id|>"
         '\n\n{"name": "瑞洁宾舍"}<|eot_id|><|start_header_id|>return<|end_header_id|>\n\n' + RESULT + "<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n为您查到北京瑞洁宾舍民宿。<|eot_id|>",
-    ("glm4", "native"):
-        "[gMASK]<sop><|system|>\n你是酒店助手。\n\n# 可用工具\n\n## search_hotels\n\n"
+    ("glm4", "native"):  # glm-4-9b-chat's tools block, then the client's system prompt as a second system turn
+        "[gMASK]<sop><|system|>\n你是一个名为 ChatGLM 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
+        "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具\n## search_hotels\n\n"
         + json.dumps(TOOL["function"], ensure_ascii=False, indent=4) + "\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
-        '<|user|>\n找瑞洁宾舍<|assistant|>search_hotels\n{"name": "瑞洁宾舍"}<|observation|>\n' + RESULT
+        '<|system|>\n你是酒店助手。<|user|>\n找瑞洁宾舍<|assistant|>search_hotels\n{"name": "瑞洁宾舍"}<|observation|>\n' + RESULT
         + "<|assistant|>\n为您查到北京瑞洁宾舍民宿。<|user|>",
-    ("mistral", "native"):
+    ("mistral", "native"):  # mistral-common's v3 encoding: call ids, results name the call they answer
         "<s>[AVAILABLE_TOOLS] [" + TOOL_JSON + "][/AVAILABLE_TOOLS][INST] 你是酒店助手。\n\n找瑞洁宾舍[/INST]"
-        '[TOOL_CALLS] [{"name": "search_hotels", "arguments": {"name": "瑞洁宾舍"}}]</s>'
-        '[TOOL_RESULTS] {"content": ' + RESULT + "}[/TOOL_RESULTS] 为您查到北京瑞洁宾舍民宿。</s>",
-    ("gemma", "native"):
+        '[TOOL_CALLS] [{"name": "search_hotels", "arguments": {"name": "瑞洁宾舍"}, "id": "000002000"}]</s>'
+        '[TOOL_RESULTS] {"content": ' + RESULT + ', "call_id": "000002000"}[/TOOL_RESULTS] 为您查到北京瑞洁宾舍民宿。</s>',
+    ("gemma", "custom"):
         "<bos><start_of_turn>user\n" + CUSTOM_SYSTEM + "\n\n找瑞洁宾舍<end_of_turn>\n"
         '<start_of_turn>search\n{"name": "瑞洁宾舍"}<end_of_turn>\n<start_of_turn>return\n' + RESULT
         + "<end_of_turn>\n<start_of_turn>model\n为您查到北京瑞洁宾舍民宿。<end_of_turn>\n",
@@ -251,8 +275,15 @@ def test_renders_the_real_format(family, fmt):
 
 
 def test_aliases_render_alike():
-    assert text_of(get_template("gemma", "custom").render(DIALOGUE, [TOOL])) == EXPECTED["gemma", "native"]
     assert text_of(get_template("glm4", "custom").render(DIALOGUE, [TOOL])) == EXPECTED["glm4", "native"]
+
+
+def test_gemma_native_is_text_only():
+    text = [Message("system", "你是酒店助手。"), Message("user", " 你好 "), Message("assistant", "您好。")]
+    assert text_of(get_template("gemma").render(text)) == (
+        "<bos><start_of_turn>user\n你是酒店助手。\n\n你好<end_of_turn>\n<start_of_turn>model\n您好。<end_of_turn>\n")
+    with pytest.raises(ValueError, match="'gemma' has no native tool format; use model.tool_format=custom"):
+        get_template("gemma").render(DIALOGUE, [TOOL])
 
 
 def test_chatml_pieces_tag_bodies_only():
@@ -313,21 +344,23 @@ def test_special_tokens_cover_the_markers(family, fmt):
     specials = template.special_tokens()
     assert set(template.stop_strings) <= set(specials) and len(specials) == len(set(specials))
     for messages, tools in CONVERSATIONS.values():
-        used = set(SPECIAL_LOOKING.findall(text_of(template.render(messages, tools, add_generation_prompt=True))))
+        if not applies(family, fmt, tools):
+            continue
+        used = set(SPECIAL_LOOKING.findall(template.prompt(messages, tools)))
         assert used <= set(specials), used - set(specials)
 
 
 def test_system_must_reach_a_user_turn():
     for family in ("gemma", "mistral"):
-        with pytest.raises(ValueError, match="first user turn"):
+        with pytest.raises(ValueError, match="in a user turn"):
             get_template(family).render([Message("system", "s"), Message("assistant", "a")])
         with pytest.raises(ValueError, match="only as the first message"):
             get_template(family).render([Message("user", "u"), Message("system", "s")])
 
 
 def test_get_template_errors():
-    assert set(TEMPLATE_FAMILIES) == {"chatml", "llama3", "glm4", "mistral", "gemma"}
-    with pytest.raises(ValueError, match="unknown chat template family 'qwen'.*chatml.*gemma"):
+    assert set(TEMPLATE_FAMILIES) == {"chatml", "qwen2.5", "llama3", "glm4", "mistral", "gemma"}
+    with pytest.raises(ValueError, match="unknown chat template family 'qwen'; allowed: auto, chatml.*gemma"):
         get_template("qwen")
     with pytest.raises(ValueError, match="'mistral' has no tool format 'custom'; allowed: native"):
         get_template("mistral", "custom")
@@ -335,6 +368,8 @@ def test_get_template_errors():
         get_template("chatml", "xml")
     with pytest.raises(ValueError, match="unknown role 'invalid'"):
         get_template("chatml").render([Message("invalid", "x")])
+    with pytest.raises(ValueError, match="auto renders with the tokenizer's chat template: pass the tokenizer"):
+        get_template("auto")
 
 
 # ---- the Jinja template shipped with the tiny model ----------------------------------------------
@@ -371,3 +406,15 @@ def test_jinja_template_renders_what_python_renders(hf_tokenizer, conv):
                     add_generation_prompt=generation)
                 python = text_of(template.render(messages[:k], tool_list, add_generation_prompt=generation))
                 assert jinja == python, (conv, k, bool(tool_list), generation)
+
+
+def test_mistral_moves_tools_and_system_to_the_last_user_turn():
+    messages, tools = CONVERSATIONS["tools"]
+    template = get_template("mistral")
+    with pytest.raises(NotPrefixStable):
+        template.render(messages, tools)
+    first, last = template.prompt(messages[:2], tools), template.prompt(messages, tools)
+    assert first.startswith("<s>[AVAILABLE_TOOLS]") and "[INST] 你是酒店助手。\n\n找一家叫瑞洁宾舍的酒店[/INST]" in first
+    assert last.startswith("<s>[INST] 找一家叫瑞洁宾舍的酒店[/INST]")
+    assert last.count("[AVAILABLE_TOOLS]") == 1 and last.endswith(
+        "[/AVAILABLE_TOOLS][INST] 你是酒店助手。\n\n电话是多少？[/INST] 电话是010-83133338。</s>")

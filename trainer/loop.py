@@ -72,7 +72,7 @@ class Trainer:
 
         # Data first: bad input stops the run before any model is loaded or anything is written.
         self.tokenizer = load_tokenizer(cfg.model)
-        self.template = get_template(cfg.model.template, cfg.model.tool_format)
+        self.template = get_template(cfg.model.template, cfg.model.tool_format, self.tokenizer)
         packing = None if self.method.packs else False  # None: data.packing decides
         if not self.method.packs and cfg.data.packing and self.dist.is_main:
             tqdm.write(unpacked_note(cfg.peft))
