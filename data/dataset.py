@@ -131,7 +131,8 @@ def _encoded(path: str, cfg: DataConfig, template: ChatTemplate, tokenizer: PreT
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     shards = sorted(str(p) for p in cache.glob("encoded*.arrow"))
-    return datasets.concatenate_datasets([datasets.Dataset.from_file(p) for p in shards]), cache
+    docs = datasets.concatenate_datasets([datasets.Dataset.from_file(p) for p in shards])
+    return docs.remove_columns("error"), cache
 
 
 def _encode_into(staging: Path, key: str, path: str, cfg: DataConfig, tools: list[dict], template: ChatTemplate,
