@@ -61,9 +61,10 @@ elif ! $PY -c "$NEEDED" 2> /dev/null; then
 fi
 # dist_engines.sh runs .venv/bin/python and .venv/bin/torchrun: shims to this image's python
 if [ ! -x .venv/bin/python ] && [ $DRY = 0 ]; then
-  mkdir -p .venv/bin && ln -sf "$(command -v $PY)" .venv/bin/python
+  mkdir -p .venv/bin
+  printf '#!/bin/bash\nexec %s "$@"\n' "$(command -v $PY)" > .venv/bin/python
   printf '#!/bin/bash\nexec %s -m torch.distributed.run "$@"\n' "$(command -v $PY)" > .venv/bin/torchrun
-  chmod +x .venv/bin/torchrun
+  chmod +x .venv/bin/python .venv/bin/torchrun
 fi
 step versions 30 "$PY - <<'PY'
 import importlib
