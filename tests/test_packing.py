@@ -12,14 +12,14 @@ from data.templates import get_template
 from models.loading import load_tokenizer
 
 
-def test_best_fit_decreasing_never_splits_and_is_deterministic():
+def test_packing_never_splits_and_is_deterministic():
     rng = random.Random(0)
     lengths = [rng.randint(1, 300) for _ in range(500)]
     rows = pack_documents(lengths, 512)
     assert sorted(d for row in rows for d in row) == list(range(500))  # every dialogue exactly once, whole
     assert all(sum(lengths[d] for d in row) <= 512 for row in rows)
     assert rows == pack_documents(list(lengths), 512)
-    # best fit decreasing lands within a couple of rows of the volume lower bound
+    # within a couple of rows of the volume lower bound
     assert len(rows) <= -(-sum(lengths) // 512) + 2
 
 
