@@ -21,3 +21,4 @@ class DataConfig:
     columns: dict[str, str] = field(default_factory=dict)  # csv: role -> column
     filter_column: Optional[str] = None  # csv: keep rows whose value here is truthy
     cache_dir: str = "${oc.env:TURNPACK_HOME,'~/.cache/turnpack'}/data"
+    num_proc: Optional[int] = None  # encoding processes; None: every core for 5,000+ dialogues, else 1

@@ -295,21 +295,13 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
 
 
 def _json_records(path: Path, text: str) -> Iterator[tuple[_At, Any]]:
-    """Each record with its location; JSONL is parsed lazily so the first bad line wins."""
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(str(path), e.lineno, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
-        for i, (line, item) in enumerate(zip(_item_lines(text), items)):
-            yield _At(path, line, i), item
-        return
-    for line, chunk in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
-        if chunk.strip():
-            try:
-                yield _At(path, line), json.loads(chunk)
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), line, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    """Each item of a top-level JSON array with its location (JSONL: `_jsonl_records`)."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(str(path), e.lineno, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    for i, (line, item) in enumerate(zip(_item_lines(text), items)):
+        yield _At(path, line, i), item
 
 
 def _item_lines(text: str) -> list[int]:
@@ -341,18 +333,62 @@ def read_conversations(path: str | Path, format: str, *, tools: list[dict] | Non
     `tools` is attached to conversations that bring none; `system` is prepended to those
     without a system turn. `columns` and `filter_column` apply to `csv` only.
     """
+    return list(iter_conversations(path, format, tools=tools, system=system, columns=columns,
+                                   filter_column=filter_column))
+
+
+def iter_conversations(path: str | Path, format: str, *, tools: list[dict] | None = None,
+                       system: str | None = None, columns: dict[str, str] | None = None,
+                       filter_column: str | None = None) -> Iterator[Conversation]:
+    """`read_conversations` one conversation at a time; JSONL is read line by line, so a large
+    file is never held whole (a JSON array or CSV file is)."""
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; allowed: {', '.join(FORMATS)}")
     if format != "csv" and (columns or filter_column):
         raise ValueError(f"columns/filter_column apply to the csv format only, not {format!r}")
     path = Path(path)
-    text = _read_text(path)
     if format == "csv":
-        conversations = _from_csv(path, text, columns or {}, filter_column)
+        conversations: Iterator[Conversation] = iter(_from_csv(path, _read_text(path), columns or {}, filter_column))
     else:
-        conversations = [_from_json(_JSON_READERS[format], r, at) for at, r in _json_records(path, text)]
+        records = _jsonl_records(path) if _is_jsonl(path) else _json_records(path, _read_text(path))
+        conversations = (_from_json(_JSON_READERS[format], r, at) for at, r in records)
     for conv in conversations:
         conv.tools = conv.tools or list(tools or [])
         if system and not any(m.role == "system" for m in conv.messages):
             conv.messages.insert(0, Message("system", system))
-    return conversations
+        yield conv
+
+
+def _is_jsonl(path: Path) -> bool:
+    """False for a top-level JSON array (first non-space character `[`) or a missing file."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            head = block.removeprefix(b"\xef\xbb\xbf").lstrip()
+            if head:
+                return not head.startswith(b"[")
+    return True
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[_At, Any]]:
+    """Each JSONL record with its line, streamed from the file; the first bad line raises, after the
+    whole file is checked to be UTF-8 (as when it is read at once). Lines split at LF bytes only
+    (JSON strings may hold U+2028)."""
+    for _ in _utf8_lines(path):
+        pass
+    for line, chunk in _utf8_lines(path):
+        if chunk.strip():
+            try:
+                yield _At(path, line), json.loads(chunk)
+            except json.JSONDecodeError as e:
+                raise DataError(str(path), line, None, f"invalid JSON: {e.msg} (column {e.colno})") from None
+
+
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as f:
+        for line, raw in enumerate(f, 1):
+            try:
+                yield line, raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(str(path), line, None, f"not UTF-8 text: {e.reason}") from None

@@ -1,0 +1,342 @@
+"""This project's loop against HF Trainer + PEFT on the same work, each mode in its own process.
+
+    python bench/compare_hf.py                                   # CPU: SmolLM2-135M, ~1.2k real tokens per step
+    python bench/compare_hf.py --model qwen2-0.5b --tokens 16384 --per-batch 8 --attn sdpa   # GPU shapes
+
+Modes: `hf_padded` (Trainer, DataCollatorForSeq2Seq right-padding `--per-batch` dialogues),
+`hf_flat` (Trainer, padding-free DataCollatorWithFlattening over the same dialogues) and `ours`
+(`launch/train.py`, one packed row of `--tokens` per step). All three train LoRA r16/alpha 32/dropout
+0.05 on every linear layer, AdamW lr 1e-4 with a constant schedule, grad clip 1.0, on the same hotel
+dialogues encoded by the project's own data path (`data.dataset.encode_file`: input_ids + trained
+flags). The dialogues are the longest that fit `--tokens / --per-batch`, so every step holds about
+`--tokens` real tokens in every mode (the HF padded batches group similar lengths: little padding).
+
+Each mode runs `--warmup` steps and then `--steps` timed ones; the table reports real (unpadded)
+tokens per second over the timed steps, the mean step time and the process's peak memory: peak RSS
+(`os.wait4` on the child) on CPU, `torch.cuda.max_memory_allocated` on CUDA. `transformers.Trainer`
+appears only here, as the peer being measured; the product loop never uses it.
+
+`--model qwen2-0.5b|qwen2-7b` builds a randomly initialised model of that shape once (on the GPU,
+saved under the work dir, with the embedded tiny model's ChatML tokenizer, so no model package is
+needed there); `smollm2` is the project's own preset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODES = ("hf_padded", "hf_flat", "ours")
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+LR = 1e-4
+# Published Qwen2 configs (hidden, intermediate, layers, heads, kv heads, vocab, tied head).
+SHAPES = {
+    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                     num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2", choices=["smollm2", *SHAPES])
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
+    p.add_argument("--tokens", type=int, default=1200, help="real tokens per step (ours: the row length)")
+    p.add_argument("--per-batch", type=int, default=1, help="dialogues per HF batch")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5, help="timed steps after the warm-up")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: fp32 on CPU, bf16 weights + autocast on CUDA")
+    p.add_argument("--attn", default="sdpa", help="attn_implementation for every mode")
+    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in every mode")
+    p.add_argument("--ours", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Hydra override for the project's run (repeatable)")
+    p.add_argument("--workdir", default=None, help="default: $TURNPACK_HOME/bench/compare_hf")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one HF mode
+    p.add_argument("--plan", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.warmup < 1:
+        p.error("--warmup must be at least 1 (a step's time is measured from the previous step's end)")
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.precision == "auto":
+        args.precision = "bf16" if args.device == "cuda" else "fp32"
+    home = Path(os.path.expanduser(os.environ.get("TURNPACK_HOME", "~/.cache/turnpack")))
+    args.workdir = Path(args.workdir or home / "bench" / "compare_hf")
+    return args
+
+
+# ------------------------------------------------------------------ set-up (parent)
+def compose(overrides: list[str]):
+    """The run config as `launch/train.py overrides...` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from trainer.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def model_overrides(args: argparse.Namespace, model_dir: Path | None) -> list[str]:
+    dtype = "bfloat16" if args.precision == "bf16" else "float32"
+    preset = ["model=smollm2"] if model_dir is None else ["model=qwen2", f"model.path={model_dir}"]
+    return preset + [f"model.dtype={dtype}", f"model.attn_implementation={args.attn}"]
+
+
+def shape_dir(args: argparse.Namespace) -> Path | None:
+    """A random-weight model of a published shape, built once (on the GPU when there is one)."""
+    if args.model not in SHAPES:
+        return None
+    target = args.workdir / "models" / f"{args.model}-random"
+    if (target / "config.json").is_file():
+        return target
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from bench.compare_hf import build_shape; "
+            "build_shape(sys.argv[2], sys.argv[3], sys.argv[4])")
+    subprocess.run([sys.executable, "-c", code, str(ROOT), args.model, str(target), args.device], check=True)
+    return target
+
+
+def build_shape(name: str, target: str, device: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    from models.config import ModelConfig
+    from models.loading import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(ModelConfig(path="tiny")))
+    config = Qwen2Config(**SHAPES[name], max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, dtype="bfloat16")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    tmp = Path(target + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+
+
+def make_plan(args: argparse.Namespace, model_dir: Path | None) -> dict:
+    """Pick the dialogues, encode them with the project's data path, and write the subset file ours trains on."""
+    from data.dataset import encode_file, load_tools
+    from data.formats import read_conversations
+    from data.templates import get_template
+    from models.loading import load_tokenizer, resolve_model_path
+
+    cache = args.workdir / "cache"
+    cfg = compose(model_overrides(args, model_dir) + [f"data.cache_dir={cache}"])
+    tokenizer = load_tokenizer(cfg.model)
+    template = get_template(cfg.model.template, cfg.model.tool_format)
+    docs = encode_file(cfg.data.train, cfg.data, template, tokenizer, args.tokens)
+    sources = [c.source for c in read_conversations(cfg.data.train, cfg.data.format, tools=load_tools(cfg.data.tools),
+                                                    system=cfg.data.system, columns=dict(cfg.data.columns),
+                                                    filter_column=cfg.data.filter_column)]
+    limit = args.tokens // args.per_batch
+    fitting = [i for i, ids in enumerate(docs["input_ids"]) if 0 < len(ids) <= limit and not docs[i]["truncated"]]
+    need = args.per_batch * (args.warmup + args.steps)
+    if not fitting:
+        raise SystemExit(f"no dialogue of {cfg.data.train} has at most {limit} tokens; raise --tokens")
+    chosen = sorted(fitting, key=lambda i: (-len(docs[i]["input_ids"]), i))[:need]
+    chosen = [chosen[i % len(chosen)] for i in range(need)]  # repeat when too few dialogues fit
+    lines = Path(cfg.data.train).read_text(encoding="utf-8").splitlines()
+    subset = args.workdir / "dialogues.jsonl"
+    subset.parent.mkdir(parents=True, exist_ok=True)
+    subset.write_text("".join(lines[int(sources[i].rpartition(":")[2]) - 1] + "\n" for i in chosen),
+                      encoding="utf-8")
+    return {"model_dir": resolve_model_path(cfg.model), "subset": str(subset),
+            "dialogues": [{"input_ids": docs[i]["input_ids"], "trained": docs[i]["trained"]} for i in chosen]}
+
+
+# ------------------------------------------------------------------ one mode per process
+def run_mode(args: argparse.Namespace, mode: str, plan_path: Path, plan: dict, model_dir: Path | None) -> dict:
+    """Start the mode's process, wait for it with `os.wait4` (its own peak RSS) and read its steps."""
+    out = args.workdir / "runs" / mode
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if mode == "ours":
+        cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *ours_overrides(args, plan, model_dir, out)]
+    else:
+        cmd = [sys.executable, __file__, "--child", mode, "--plan", str(plan_path), *child_args(args)]
+    with open(out / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        tail = (out / "log.txt").read_text(errors="replace").splitlines()[-15:]
+        return {"mode": mode, "error": f"exit {os.waitstatus_to_exitcode(status)}: " + " | ".join(tail)[-600:]}
+    steps = ours_steps(out) if mode == "ours" else json.loads((out / "steps.json").read_text())
+    return summarise(mode, steps, args.warmup, usage.ru_maxrss * 1024)
+
+
+def ours_overrides(args: argparse.Namespace, plan: dict, model_dir: Path | None, out: Path) -> list[str]:
+    return model_overrides(args, model_dir) + [
+        "peft=lora", f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}", f"peft.dropout={LORA['dropout']}",
+        "peft.target_modules=[all-linear]", "optim=adamw", f"optim.lr={LR}", "optim.weight_decay=0",
+        "sched=constant", "sched.warmup_steps=0", "sched.warmup_ratio=0",
+        f"data.train={plan['subset']}", "data.dev=null", f"data.cache_dir={args.workdir / 'cache'}",
+        f"train.seq_len={args.tokens}", "train.batch_size=1", "train.grad_accum=1",
+        f"train.max_steps={args.warmup + args.steps}", "train.log_every=1", "train.eval_every=0",
+        "train.save_every=0", f"train.precision={args.precision}", f"train.grad_ckpt={args.grad_ckpt}",
+        f"train.device={args.device}", "train.grad_clip=1.0", "logger.plots=false", f"output_dir={out}",
+        *args.ours,
+    ]
+
+
+def ours_steps(out: Path) -> dict:
+    """Per-step tokens and seconds from the run's own metrics.jsonl (`train.log_every=1`)."""
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if "train/tokens_per_s" in e]
+    seen = [0] + [e["train/tokens_seen"] for e in steps]
+    tokens = [b - a for a, b in zip(seen, seen[1:])]
+    mem = [e["train/mem_gb"] for e in steps if "train/mem_gb" in e]
+    return {"tokens": tokens, "seconds": [n / e["train/tokens_per_s"] for n, e in zip(tokens, steps)],
+            "cuda_peak": max(mem) * 2**30 if mem else None}
+
+
+def child_args(args: argparse.Namespace) -> list[str]:
+    return ["--model", args.model, "--tokens", str(args.tokens), "--per-batch", str(args.per_batch),
+            "--warmup", str(args.warmup), "--steps", str(args.steps), "--device", args.device,
+            "--precision", args.precision, "--attn", args.attn, "--workdir", str(args.workdir),
+            *(["--grad-ckpt"] if args.grad_ckpt else [])]
+
+
+def hf_child(args: argparse.Namespace) -> None:
+    """One HF Trainer run; writes per-step real tokens and seconds to runs/<mode>/steps.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.data import SequentialSampler
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq,
+                              DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments)
+
+    class InOrderTrainer(Trainer):
+        """Batches in plan order (the same dialogues together in every mode), on any transformers 5."""
+
+        def _get_train_sampler(self, *_, **__):
+            return SequentialSampler(self.train_dataset)
+
+    plan = json.loads(Path(args.plan).read_text())
+    out = args.workdir / "runs" / args.child
+    tokenizer = AutoTokenizer.from_pretrained(plan["model_dir"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(plan["model_dir"], dtype=dtype, attn_implementation=args.attn)
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    features = [{"input_ids": d["input_ids"], "attention_mask": [1] * len(d["input_ids"]),
+                 "labels": [t if f else -100 for t, f in zip(d["input_ids"], d["trained"])]}
+                for d in plan["dialogues"]]
+    if args.child == "hf_flat":
+        features = [{k: f[k] for k in ("input_ids", "labels")} for f in features]
+        collate = DataCollatorWithFlattening()
+    else:
+        collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    tokens: list[int] = []
+
+    def counting_collate(batch: list[dict]) -> dict:
+        tokens.append(sum(len(f["input_ids"]) for f in batch))  # real tokens, before any padding
+        return collate(batch)
+
+    ends: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_train_begin(self, *_, **__):
+            ends.append(time.perf_counter())
+
+        def on_step_end(self, *_, **__):
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            ends.append(time.perf_counter())
+
+    training = TrainingArguments(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=args.per_batch,
+        max_steps=args.warmup + args.steps, learning_rate=LR, weight_decay=0.0, lr_scheduler_type="constant",
+        warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch_fused" if args.device == "cuda" else "adamw_torch",
+        bf16=args.precision == "bf16", gradient_checkpointing=args.grad_ckpt,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, use_cpu=args.device == "cpu",
+        dataloader_num_workers=0, remove_unused_columns=False,
+        report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=42)
+    InOrderTrainer(model=model, args=training, train_dataset=features, data_collator=counting_collate,
+            callbacks=[StepTimer()]).train()
+    seconds = [b - a for a, b in zip(ends, ends[1:])]
+    peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else None
+    (out / "steps.json").write_text(json.dumps({"tokens": tokens[:len(seconds)], "seconds": seconds,
+                                                "cuda_peak": peak}))
+
+
+# ------------------------------------------------------------------ report
+def summarise(mode: str, steps: dict, warmup: int, rss: int) -> dict:
+    tokens, seconds = steps["tokens"][warmup:], steps["seconds"][warmup:]
+    if not seconds:
+        return {"mode": mode, "error": f"no timed steps (only {len(steps['seconds'])} ran)"}
+    return {"mode": mode, "timed_steps": len(seconds), "tokens_per_step": sum(tokens) / len(tokens),
+            "tokens_per_s": sum(tokens) / sum(seconds), "step_s": sum(seconds) / len(seconds),
+            "peak_rss_gib": rss / 2**30,
+            "cuda_peak_gib": steps["cuda_peak"] / 2**30 if steps.get("cuda_peak") else None}
+
+
+def table(results: list[dict], device: str) -> str:
+    ok = [r for r in results if "error" not in r and r["mode"] != "ours"]
+    best = max(ok, key=lambda r: r["tokens_per_s"]) if ok else None
+    mem_key = "cuda_peak_gib" if device == "cuda" else "peak_rss_gib"
+    mem_name = "max_memory_allocated" if device == "cuda" else "peak RSS"
+    lines = [f"| mode | tokens/step | real tok/s | step s | {mem_name} GiB | tok/s vs best HF | memory vs best HF |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['mode']} | failed: {r['error']} | | | | | |")
+            continue
+        ratio = (f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x | {r[mem_key] / best[mem_key]:.2f}x"
+                 if best and r[mem_key] and best[mem_key] else "– | –")
+        lines.append(f"| {r['mode']} | {r['tokens_per_step']:,.0f} | {r['tokens_per_s']:,.1f} | {r['step_s']:.2f} "
+                     f"| {r[mem_key]:.2f} | {ratio} |")
+    if best:
+        lines.append(f"\nbest HF mode: {best['mode']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.child:
+        hf_child(args)
+        return
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)}; allowed: {list(MODES)}")
+    model_dir = shape_dir(args)
+    plan = make_plan(args, model_dir)
+    plan_path = args.workdir / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    print(f"{args.model} on {args.device} ({args.precision}, attn={args.attn}, grad_ckpt={args.grad_ckpt}): "
+          f"{len(plan['dialogues'])} dialogues, {args.per_batch} per HF batch, ≤{args.tokens} tokens per step, "
+          f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)
+    results = []
+    for mode in modes:
+        results.append(run_mode(args, mode, plan_path, plan, model_dir))
+        print(json.dumps(results[-1]), flush=True)
+    print(table(results, args.device))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args) | {"workdir": str(args.workdir)},
+                                               "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
