@@ -12,18 +12,28 @@ with virtual tokens, and prefix tuning's cache) go to transformers' own SDPA wit
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
 DOCUMENT_SDPA = "document_sdpa"
 
 
+# One forward hands every layer the same `position_ids` tensor: find its documents once (one host
+# sync per forward on CUDA, not one per layer). A weak reference: a freed tensor is never matched.
+_last_starts: tuple[weakref.ref, list[list[int]]] | None = None
+
+
 def document_starts(position_ids: torch.Tensor) -> list[list[int]]:
     """Per row, the offsets where a document begins (its position is 0), and the row's length last."""
-    length = position_ids.shape[-1]
-    starts = (position_ids == 0).cpu()
-    starts[:, 0] = True
-    return [row.nonzero().flatten().tolist() + [length] for row in starts]
+    global _last_starts
+    if _last_starts is None or _last_starts[0]() is not position_ids:
+        starts = (position_ids == 0).cpu()
+        starts[:, 0] = True
+        _last_starts = (weakref.ref(position_ids),
+                        [row.nonzero().flatten().tolist() + [position_ids.shape[-1]] for row in starts])
+    return _last_starts[1]
 
 
 @torch.compiler.disable  # document lengths vary per batch: run eagerly rather than recompile for each
@@ -43,7 +53,8 @@ def document_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
                              f"choose sdpa, eager or flex_attention")
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     rows = []
-    for b, bounds in enumerate(document_starts(position_ids.expand(query.shape[0], -1))):
+    starts = document_starts(position_ids)
+    for b, bounds in enumerate(starts * query.shape[0] if len(starts) == 1 else starts):
         rows.append(torch.cat([
             F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
                                            dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
