@@ -12,6 +12,7 @@ is the plain computation: logits for every position, then fp32 cross-entropy.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -116,10 +117,21 @@ def chunked_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: 
     one chunk's logits exist at any time. With no rows it is still a (zero) function of every
     weight, so every rank and engine runs the same backward.
     """
+    chunks = max(math.ceil(len(hidden) / chunk), 1)
+    zero3 = hasattr(head.weight, "ds_id")
+    if zero3 and torch.distributed.is_initialized():
+        # ZeRO-3 all-gathers the head's weight at every call: every rank must make as many calls.
+        most = torch.tensor(chunks, device=hidden.device)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+        chunks = int(most)
+    # ZeRO-3 also frees the frozen head weight, which the checkpoint saved by reference, after each call
+    # (and gathers it again for the recomputation's backward): the saved shape cannot match the recomputed.
+    check = "none" if zero3 else "default"
     total = None
-    for start in range(0, max(len(hidden), 1), chunk):
+    for start in range(0, chunks * chunk, chunk):
         args = (head, hidden[start:start + chunk], targets[start:start + chunk], softcap)
-        part = checkpoint(_chunk_loss, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk_loss(*args)
+        part = (checkpoint(_chunk_loss, *args, use_reentrant=False, determinism_check=check)
+                if torch.is_grad_enabled() else _chunk_loss(*args))
         total = part if total is None else total + part
     return total
 
@@ -149,6 +161,8 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tens
     model.eval()
     loss_sum, count = torch.zeros((), dtype=torch.float64), 0
     for batch in batches:
+        # Labels may have been edited after collation (ZeRO-3's padding batches are): count them anew.
+        batch = {k: v for k, v in batch.items() if k != "trained_index"}
         with autocast():
             loss, trained = summed_token_loss(model, batch)
         loss_sum = loss_sum.to(loss.device) + loss.double()  # summed on the device: no sync per batch
