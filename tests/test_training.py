@@ -92,3 +92,8 @@ def test_compiled_layers_train_like_eager_without_recompiling(hotel_overrides, t
     log = capsys.readouterr().out
     assert "torch.compile:" in log and "in step 1" in log and "recompile" not in log
     assert compiled_losses == pytest.approx(losses(f"output_dir={tmp_path / 'eager'}"), rel=1e-4)
+
+
+def test_compile_refuses_what_would_silently_run_uncompiled(hotel_overrides):
+    with pytest.raises(ValueError, match="does not combine with train.grad_ckpt=true"):
+        Trainer(compose(*hotel_overrides, "train.compile=true", "train.grad_ckpt=true"))

@@ -101,6 +101,10 @@ class Trainer:
         if t.compile and cfg.dist.engine == "deepspeed":
             raise ValueError("train.compile=true is not supported with DeepSpeed engines (dist.engine=deepspeed); "
                              "use dist=single or dist=ddp, or train.compile=false")
+        if t.compile and t.grad_ckpt:
+            raise ValueError("train.compile=true does not combine with train.grad_ckpt=true: torch.utils.checkpoint "
+                             "runs its function with TorchDynamo disabled, so the layers would not be compiled; "
+                             "set one of them to false")
         # Regional compilation (models/compile.py): the layers in place, before DDP wraps the model.
         self.compiled = compile_decoder_layers(self.model) if t.compile else None
         # fp16 loss scaling: ours for torch engines, DeepSpeed's own under DeepSpeed.
