@@ -1,5 +1,6 @@
 """Loss and attention implementations side by side: real tokens/s and peak RSS of the training loop.
 
+    python bench/loss_attention.py --kernels     # the attention kernels alone, one packed row
     python bench/loss_attention.py [--model PRESET] [--steps 6] [--warmup 2] [--only NAME ...] [-- overrides...]
 
 Every variant is the project's own loop (`Trainer.train`, the hotel data packed into rows of
@@ -52,7 +53,8 @@ def child(overrides: list[str], warmup: int) -> dict:
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    trainer.train()
     events = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in events if "train/tokens_per_s" in e]
     seen = [0] + [e["train/tokens_seen"] for e in steps]
@@ -60,7 +62,78 @@ def child(overrides: list[str], warmup: int) -> dict:
     seconds = [n / e["train/tokens_per_s"] for n, e in zip(tokens, steps[warmup:])]
     return {"tokens_per_step": sum(tokens) / len(tokens), "tok_s": sum(tokens) / sum(seconds),
             "step_s": sum(seconds) / len(seconds), "loss": steps[-1]["train/loss"],
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "saved_gib": saved_for_backward(trainer) / 2**30}
+
+
+def saved_for_backward(trainer) -> int:
+    """Bytes autograd keeps for the backward of step 0's first micro-batch (weights excluded): what the
+    loss and attention choices change, free of the timing noise of a shared machine."""
+    import torch
+
+    from eval.loss import summed_token_loss
+
+    weights = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
+    saved: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in weights:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    batch = trainer.micro_batches(trainer.train_split, trainer.sampler.micro_batches(0))[0]
+    t = trainer.cfg.train
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        summed_token_loss(trainer.model, batch, t.loss_impl, t.loss_chunk)
+    return sum(saved.values())
+
+
+def attention_kernels(repeats: int = 6) -> None:
+    """One attention call (forward + backward) on a packed row, SmolLM2's heads, as the layers make it:
+    SDPA with transformers' block-diagonal bool mask against SDPA once per document (`document_sdpa`)."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from models.attention import document_sdpa_forward
+
+    heads, kv_heads, head_dim, docs = 9, 3, 64, [700, 900, 448]
+    length = sum(docs)
+    positions = torch.cat([torch.arange(n) for n in docs])[None]
+    doc = torch.repeat_interleave(torch.arange(len(docs)), torch.tensor(docs))
+    mask = ((doc[:, None] == doc[None, :]) & (torch.arange(length)[:, None] >= torch.arange(length)[None, :]))
+
+    class Layer(torch.nn.Module):
+        num_key_value_groups = heads // kv_heads
+
+    def dense(q, k, v):
+        k, v = (x.repeat_interleave(heads // kv_heads, 1) for x in (k, v))  # transformers repeats K/V with a mask
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None, None])
+
+    def per_document(q, k, v):
+        return document_sdpa_forward(Layer(), q, k, v, None, position_ids=positions)[0]
+
+    print(f"attention on one packed row of {length} ({docs}), {heads} heads / {kv_heads} KV, fp32, "
+          f"forward + backward, median of {repeats}:")
+    for name, fn in (("sdpa + block mask", dense), ("document_sdpa", per_document)):
+        q = torch.randn(1, heads, length, head_dim, requires_grad=True)
+        k, v = (torch.randn(1, kv_heads, length, head_dim, requires_grad=True) for _ in range(2))
+        saved: dict[int, int] = {}
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            out = fn(q, k, v)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(q, k, v).sum().backward()
+            times.append(time.perf_counter() - start)
+        print(f"  {name}: {1000 * sorted(times)[len(times) // 2]:.0f} ms, saved for backward "
+              f"{sum(saved.values()) / 2**20:.1f} MiB ({type(out.grad_fn).__name__})")
 
 
 def main() -> None:
@@ -69,9 +142,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    parser.add_argument("--kernels", action="store_true", help="only time the attention kernels on one row")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every variant")
     args = parser.parse_args()
+    if args.kernels:
+        attention_kernels()
+        return
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child), args.warmup)), flush=True)
         return
@@ -97,13 +174,14 @@ def main() -> None:
             print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
     base = rows.get(next(iter(VARIANTS)))
     print(f"model={args.model}, {args.steps} timed steps after {args.warmup} warm-up, extra: {args.overrides}")
-    print("| variant | real tokens/step | real tok/s | step s | peak RSS GiB | tok/s ratio | RSS ratio | loss |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | real tokens/step | real tok/s | step s | peak RSS GiB | saved for backward GiB "
+          "| tok/s ratio | RSS ratio | loss |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
         ratios = (f"{r['tok_s'] / base['tok_s']:.2f}x | {r['peak_rss_gib'] / base['peak_rss_gib']:.2f}x"
                   if base else "n/a | n/a")
         print(f"| {name} | {r['tokens_per_step']:.0f} | {r['tok_s']:.1f} | {r['step_s']:.2f} | "
-              f"{r['peak_rss_gib']:.2f} | {ratios} | {r['loss']:.4f} |")
+              f"{r['peak_rss_gib']:.2f} | {r['saved_gib']:.2f} | {ratios} | {r['loss']:.4f} |")
 
 
 if __name__ == "__main__":
