@@ -134,14 +134,14 @@ def build_row(docs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict[str, 
 
 
 def collate_rows(rows: Sequence[dict[str, torch.Tensor]], pad_id: int,
-                 attention_mask: bool = False) -> dict[str, torch.Tensor]:
-    """Right-pad rows to the longest.
+                 attention_mask: bool = False, width: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad rows to the longest (or to `width`: one shape for every batch, as torch.compile wants).
 
     Packed rows get `position_ids` that restart per document, and the padding is its own document
     that trains nothing. With `attention_mask=True` (one dialogue per row: methods whose virtual
     tokens sit in front of a whole row) they get an `attention_mask`, 0 on padding, instead.
     """
-    width = max(len(r["input_ids"]) for r in rows)
+    width = max([len(r["input_ids"]) for r in rows] + [width or 0])
     fills = {"input_ids": pad_id, "labels": IGNORE_INDEX}
     if attention_mask:
         packed = [i for i, r in enumerate(rows) if bool((r["position_ids"][1:] == 0).any())]

@@ -6,6 +6,8 @@ import re
 import warnings
 from pathlib import Path
 
+from models.attention import DOCUMENT_SDPA
+from models.attention import register as register_document_sdpa
 from models.config import TINY, ModelConfig
 from models.gguf import SMOLLM2
 
@@ -91,6 +93,8 @@ def load_model(cfg: ModelConfig, *, device=None, quantization=None):
     """
     from transformers import AutoModelForCausalLM
 
+    if cfg.attn_implementation == DOCUMENT_SDPA:
+        register_document_sdpa()
     quantized = quantization is not None
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(cfg),

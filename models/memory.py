@@ -35,9 +35,13 @@ autograd keeps a matmul's input only to compute its weight's gradient (bitsandby
 likewise). tests/test_memory.py checks the formula against the tensors autograd saves, on CPU. With
 LoRA it slightly overcounts the first layer, whose input needs no gradient.
 
-The logits term is the cross-entropy on `logits.float()` (eval.loss): backward of log_softmax holds its
-fp32 output, incoming and outgoing gradient at once, 12 * batch * seq * vocab bytes (forward peaks lower,
-at 10: bf16 logits, fp32 copy, fp32 log-probs).
+The logits term follows `train.loss_impl` (eval/loss.py). `full`, the cross-entropy on `logits.float()`:
+backward of log_softmax holds its fp32 output, incoming and outgoing gradient at once, 12 * batch * seq *
+vocab bytes (forward peaks lower, at 10: bf16 logits, fp32 copy, fp32 log-probs). `chunked` holds that for
+one chunk of trained tokens at a time, 12 * min(chunk, batch * seq) * vocab, plus the trained positions'
+hidden states the chunks read, w * batch * seq * hidden (every token counted as trained: an upper bound).
+`liger` keeps the head input's gradient instead, 4 * batch * seq * hidden, plus that hidden copy.
+`document_sdpa` (models/attention.py) keeps what flash attention keeps: K/V unrepeated, no mask.
 """
 from __future__ import annotations
 
@@ -59,7 +63,8 @@ LORA_BYTES = 4  # peft upcasts adapter weights to float32 (autocast_adapter_dtyp
 FOUR_BIT_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 BNB_MIN_8BIT_SIZE, BNB_BLOCK = 4096, 256  # bitsandbytes 8-bit optimizers' defaults
 PEFT_METHODS = ("none", "lora", "qlora")
-ATTENTION = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flex_attention", "document_sdpa")
+LOSS_IMPLS = ("chunked", "full", "liger")  # as eval.loss.LOSS_IMPLS
 # Activation sources a decoder layer's linears read.
 ATTN_IN, ATTN_OUT, MLP_IN, MLP_HIDDEN = "attn_in", "attn_out", "mlp_in", "mlp_hidden"
 
@@ -187,6 +192,8 @@ class Setup:
     seq_len: int = 4096
     grad_ckpt: bool = False
     attn_implementation: str = "sdpa"
+    loss_impl: str = "chunked"  # train.loss_impl
+    loss_chunk: int = 1024  # train.loss_chunk
     zero_stage: int = 0  # 0: one GPU (or DDP); 1, 2, 3: ZeRO partitioning over world_size
     world_size: int = 1
     master_weights: bool = False  # fp32 master copy of non-fp32 trainable params (DeepSpeed/FSDP style)
@@ -200,6 +207,7 @@ class Setup:
                       lora_dropout=cfg.peft.get("dropout", 0.0), dtype=cfg.model.dtype, precision=cfg.train.precision,
                       optimizer=cfg.optim.name, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
                       grad_ckpt=cfg.train.grad_ckpt, attn_implementation=cfg.model.attn_implementation,
+                      loss_impl=cfg.train.get("loss_impl", "chunked"), loss_chunk=cfg.train.get("loss_chunk", 1024),
                       double_quant=cfg.peft.get("double_quant", True), zero_stage=cfg.dist.get("zero_stage", 0))
         return cls(**fields | options)
 
@@ -207,6 +215,7 @@ class Setup:
         for name, value, allowed in (("peft.method", self.peft, PEFT_METHODS), ("model.dtype", self.dtype, DTYPE_BYTES),
                                      ("optim.name", self.optimizer, OPTIMIZER_STATE_BYTES),
                                      ("model.attn_implementation", self.attn_implementation, ATTENTION),
+                                     ("train.loss_impl", self.loss_impl, LOSS_IMPLS),
                                      ("zero stage", self.zero_stage, (0, 1, 2, 3))):
             if value not in allowed:
                 raise ValueError(f"memory estimate: {name}={value!r}; allowed: {list(allowed)}")
@@ -287,6 +296,17 @@ def activation_bytes(arch: Architecture, setup: Setup) -> float:
     return setup.batch_size * setup.seq_len * (layers + outside + mask)
 
 
+def loss_bytes(arch: Architecture, setup: Setup) -> float:
+    """The output head's logits and the loss, by `setup.loss_impl` (module docstring)."""
+    tokens = setup.batch_size * setup.seq_len
+    if setup.loss_impl == "full":
+        return 12 * tokens * arch.vocab
+    hidden = _element_bytes(setup)[1] * tokens * arch.hidden
+    if setup.loss_impl == "liger":
+        return 4 * tokens * arch.hidden + hidden
+    return 12 * min(setup.loss_chunk, tokens) * arch.vocab + hidden
+
+
 @dataclass(frozen=True)
 class MemoryBreakdown:
     """Bytes per GPU (per rank under ZeRO); `peak` combines them as the module docstring says."""
@@ -353,7 +373,7 @@ def estimate_memory(config: PretrainedConfig, setup: Setup) -> MemoryBreakdown:
     notes.append("not counted: CUDA context and kernels (~0.5-1 GiB), allocator fragmentation")
     return MemoryBreakdown(weights=weights, gradients=gradients, optimizer_states=optimizer,
                            activations=activation_bytes(arch, setup),
-                           logits=12 * setup.batch_size * setup.seq_len * arch.vocab,
+                           logits=loss_bytes(arch, setup),
                            trainable_params=trainable, total_params=arch.params, model_type=arch.model_type,
                            setup=setup, notes=tuple(notes))
 
@@ -365,7 +385,7 @@ def format_table(b: MemoryBreakdown) -> str:
     where = "one GPU" if not s.zero_stage else f"per rank, ZeRO-{s.zero_stage} x {s.world_size} GPUs"
     rows = [("weights", b.weights), ("gradients", b.gradients), ("optimizer states", b.optimizer_states),
             (f"activations (grad ckpt {'on' if s.grad_ckpt else 'off'})", b.activations),
-            ("logits + loss", b.logits),
+            (f"logits + loss ({s.loss_impl})", b.logits),
             ("peak = weights + optimizer + max(activations + logits, gradients)", b.peak)]
     width = max(len(name) for name, _ in rows)
     lines = [f"{b.model_type}: {b.total_params / 1e9:.2f}B params, {b.trainable_params:,} trainable "

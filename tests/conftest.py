@@ -43,6 +43,34 @@ def hotel_overrides(tmp_path):
     return small_hotel(tmp_path)
 
 
+def tiny_variant_dir(root: Path, model_type: str, **changes) -> Path:
+    """A model directory like the embedded tiny one (shapes, token ids, tokenizer) but of another
+    architecture or head (`changes`, e.g. `tie_word_embeddings=False`), with random weights."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models.tiny import TOKENIZER_ASSETS, TOKENIZER_FILES, tiny_config
+
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
+            "pad_token_id", "tie_word_embeddings")
+    base = tiny_config()
+    config = AutoConfig.for_model(model_type, **{k: getattr(base, k) for k in keys} | changes)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(root)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(TOKENIZER_ASSETS / name, root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def untied_llama_dir(tmp_path_factory) -> Path:
+    """The tiny shapes as a Llama-architecture model with an untied output head."""
+    return tiny_variant_dir(tmp_path_factory.mktemp("llama-untied"), "llama", tie_word_embeddings=False)
+
+
 def assert_resume_matches(common: list[str], tmp_path: Path, at_step: int = 4) -> None:
     """After a straight run of `common` (which saved checkpoints/step_<at_step>), resume a copy of that
     checkpoint in a fresh output dir and check the final adapter is bit-identical, and not vacuously so."""

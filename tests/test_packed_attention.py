@@ -1,4 +1,5 @@
-"""A packed document's loss equals its loss alone: packed documents never attend to each other."""
+"""A packed document's loss equals its loss alone: packed documents never attend to each other, with
+every attention implementation, for the Qwen2 (tiny) and Llama architectures."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,6 +8,7 @@ from data.conversation import Message
 from data.encoding import encode_messages
 from data.packing import IGNORE_INDEX, build_row, collate_rows
 from data.templates import get_template
+from models.attention import DOCUMENT_SDPA
 from models.config import ModelConfig
 from models.loading import load_model, load_tokenizer
 
@@ -25,9 +27,14 @@ def per_token_losses(model, batch):
     return losses[batch["labels"].flatten() != IGNORE_INDEX]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_loss_equals_unpacked(attn):
-    cfg = ModelConfig(attn_implementation=attn)
+@pytest.fixture(params=["qwen2", "llama"])
+def model_path(request):
+    return "tiny" if request.param == "qwen2" else str(request.getfixturevalue("untied_llama_dir"))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", DOCUMENT_SDPA, "flex_attention"])
+def test_packed_loss_equals_unpacked(attn, model_path):
+    cfg = ModelConfig(path=model_path, attn_implementation=attn)
     tok, model = load_tokenizer(cfg), load_model(cfg).eval()
     template = get_template("chatml")
     docs = [encode_messages(d, (), template, tok, ["assistant"]) for d in DIALOGUES]
@@ -42,3 +49,31 @@ def test_packed_loss_equals_unpacked(attn):
     assert packed.shape == alone.shape and len(alone) > 20
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
     assert (leaked - alone).abs().max() > 1e-3  # the check above can fail
+
+
+def test_document_sdpa_gradients_equal_sdpa_with_its_block_mask(model_path):
+    """Training through the per-document kernel: the loss and every gradient are SDPA's with the mask."""
+    from eval.loss import summed_token_loss
+    from models.adapters import apply_peft
+    from models.config import PeftConfig
+
+    tok = load_tokenizer(ModelConfig(path=model_path))
+    template = get_template("chatml")
+    docs = [(d.input_ids, d.trained) for d in (encode_messages(m, (), template, tok, ["assistant"]) for m in DIALOGUES)]
+    batch = collate_rows([build_row(docs[:2]), build_row(docs[2:])], tok.pad_token_id)  # 2 rows, padded
+    results = []
+    for attn in ("sdpa", DOCUMENT_SDPA):
+        cfg = ModelConfig(path=model_path, attn_implementation=attn)
+        torch.manual_seed(0)  # the same adapter init for both
+        model = apply_peft(load_model(cfg), PeftConfig(dropout=0.0), cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.05 * torch.randn_like(p))
+        loss, _ = summed_token_loss(model, batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (loss, grads), (doc_loss, doc_grads) = results
+    torch.testing.assert_close(doc_loss, loss, rtol=1e-6, atol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(doc_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -1,6 +1,7 @@
 """The loop: accumulation equivalence, exact resume, loadable outputs."""
 import json
 
+import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
@@ -69,3 +70,30 @@ def test_full_fine_tuning_saves_a_standard_model(hotel_overrides, tmp_path):
     ids = torch.tensor([[1, 20, 30, 40, 2]])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, trained(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_layers_train_like_eager_without_recompiling(hotel_overrides, tmp_path, capsys):
+    """train.compile=true: rows padded to seq_len, so batches of different content and length compile once;
+    the losses are the eager run's."""
+    common = hotel_overrides + ["train.max_steps=3", "train.batch_size=1", "peft.dropout=0"]  # rows of 512
+
+    def losses(*overrides: str) -> list[float]:
+        trainer = Trainer(compose(*common, *overrides))
+        trainer.train()
+        return [e["train/loss"] for e in map(json.loads, (trainer.output_dir / "metrics.jsonl").read_text().splitlines())
+                if "train/loss" in e]
+
+    compiled = Trainer(compose(*common, "train.compile=true"))
+    batches = [compiled.micro_batches(compiled.train_split, compiled.sampler.micro_batches(s)) for s in range(3)]
+    assert {b[0]["input_ids"].shape[1] for b in batches} == {512}
+    assert len({b[0]["num_tokens"] for b in batches}) > 1  # the rows' real lengths differ
+    compiled_losses = losses("train.compile=true", f"output_dir={tmp_path / 'compiled'}")
+    log = capsys.readouterr().out
+    assert "torch.compile:" in log and "in step 1" in log and "recompile" not in log
+    assert compiled_losses == pytest.approx(losses(f"output_dir={tmp_path / 'eager'}"), rel=1e-4)
+
+
+def test_compile_refuses_what_would_silently_run_uncompiled(hotel_overrides):
+    with pytest.raises(ValueError, match="does not combine with train.grad_ckpt=true"):
+        Trainer(compose(*hotel_overrides, "train.compile=true", "train.grad_ckpt=true"))

@@ -35,6 +35,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     eval_batches: int = 0  # dev micro-batches per evaluation; 0: the whole dev split
     eval_generate_every: int = 0  # steps between slot-F1/BLEU evals on eval.subset dev turns; 0: never
+    loss_impl: str = "chunked"  # chunked (head + cross-entropy on trained tokens, in chunks) | full | liger (CUDA)
+    loss_chunk: int = 1024  # trained tokens per head chunk (loss_impl=chunked): memory O(chunk × vocab)
+    compile: bool = False  # torch.compile each decoder layer (inductor); rows padded to seq_len, one shape
 
 
 @dataclass

@@ -24,10 +24,11 @@ from data.packing import IGNORE_INDEX, collate_rows
 from data.sampling import StepSampler
 from data.templates import get_template
 from eval.generate import GenerationSettings
-from eval.loss import evaluate_loss, summed_token_loss
+from eval.loss import evaluate_loss, summed_token_loss, trained_positions
 from eval.turns import load_turns, task_metrics
 from models.adapters import (apply_peft, count_parameters, describe_parameters, peft_method, quantization_config,
                              unpacked_note)
+from models.compile import compile_decoder_layers
 from models.loading import enable_activation_checkpointing, load_model, load_tokenizer
 from trainer import checkpoint
 from trainer.distributed import DistContext, init_distributed
@@ -63,6 +64,13 @@ class Trainer:
         # An unknown peft method or engine, or a combination that cannot train, fails before any work.
         self.method = peft_method(cfg.peft, t.grad_ckpt)
         check_engine(cfg, self.method.quantized)
+        if t.compile and cfg.dist.engine == "deepspeed":
+            raise ValueError("train.compile=true is not supported with DeepSpeed engines (dist.engine=deepspeed); "
+                             "use dist=single or dist=ddp, or train.compile=false")
+        if t.compile and t.grad_ckpt:
+            raise ValueError("train.compile=true does not combine with train.grad_ckpt=true: torch.utils.checkpoint "
+                             "runs its function with TorchDynamo disabled, so the layers would not be compiled; "
+                             "set one of them to false")
         # DeepSpeed wants a process group even for one process.
         self.dist = dist or init_distributed(t.device, cfg.dist.backend, cfg.dist.timeout_minutes,
                                              always=cfg.dist.engine == "deepspeed")
@@ -96,6 +104,8 @@ class Trainer:
             enable_activation_checkpointing(model)
         self.model = apply_peft(model, cfg.peft, cfg.model).to(self.device)
         self.model.train()
+        # Regional compilation (models/compile.py): the layers in place, before DDP wraps the model.
+        self.compiled = compile_decoder_layers(self.model) if t.compile else None
         # fp16 loss scaling: ours for torch engines, DeepSpeed's own under DeepSpeed.
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16
                                       and cfg.dist.engine == "torch")
@@ -126,14 +136,30 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def micro_batches(self, split: PackedSplit, row_groups: list[list[int]]) -> list[dict[str, torch.Tensor]]:
-        """Collated micro-batches on the device; `num_tokens` counts real (unpadded) tokens and
-        `doc_lengths` lists the packed documents' lengths (what attention costs)."""
+        """Collated micro-batches on the device; `num_tokens` counts real (unpadded) tokens,
+        `doc_lengths` lists the packed documents' lengths (what attention costs) and `trained_index`
+        the trained positions, found on the host so that no count needs a device sync.
+
+        With `train.compile` every row is padded to `train.seq_len`: one shape, no recompiles.
+        On CUDA the rows are pinned and copied without blocking, the first micro-batch on the compute
+        stream, the others on a copy stream while the first computes; such a batch's `ready` event
+        must be waited on before use (`forward_backward` does).
+        """
+        width = self.cfg.train.seq_len if self.cfg.train.compile else None
+        cuda = self.device.type == "cuda"
+        copy_stream = torch.cuda.Stream(self.device) if cuda and len(row_groups) > 1 else None
         batches = []
-        for rows in row_groups:
-            loaded = [split.row(i) for i in rows]
-            batch = {k: v.to(self.device) for k, v in collate_rows(loaded, self.tokenizer.pad_token_id,
-                                                                     attention_mask=not self.method.packs).items()}
-            batches.append(batch | {"num_tokens": sum(len(r["input_ids"]) for r in loaded),
+        for i, rows in enumerate(row_groups):
+            loaded = [split.row(r) for r in rows]
+            host = collate_rows(loaded, self.tokenizer.pad_token_id, attention_mask=not self.method.packs,
+                                width=width)
+            host["trained_index"] = trained_positions(host["labels"])
+            stream = copy_stream if i > 0 else None
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                batch = {k: (v.pin_memory() if cuda else v).to(self.device, non_blocking=cuda)
+                         for k, v in host.items()}
+            batches.append(batch | {"ready": stream.record_event() if stream is not None else None,
+                                    "num_tokens": sum(len(r["input_ids"]) for r in loaded),
                                     "doc_lengths": [n for r in loaded for n in document_lengths(r["position_ids"])]})
         return batches
 
@@ -144,19 +170,29 @@ class Trainer:
         1×4 accumulation the same update, and weights every trained token equally.
         Gradients are synchronised across ranks on the last micro-batch only.
         """
-        local = sum(int((b["labels"] != -100).sum()) for b in batches)
+        local = sum(len(b["trained_index"]) for b in batches)  # counted on the host (micro_batches)
         total = int(self.dist.all_reduce_sum(torch.tensor(float(local))).item())
         # DDP and DeepSpeed average gradients over ranks; scale back so the update is a sum over all tokens.
         scale = self.dist.world_size / max(total, 1)
-        loss_sum = 0.0
+        t = self.cfg.train
+        losses = []
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
+            if batch["ready"] is not None:  # copied on micro_batches' copy stream
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(batch["ready"])
+                for value in batch.values():
+                    if isinstance(value, torch.Tensor):
+                        value.record_stream(stream)
             with self.engine.no_sync(last):
                 with self.autocast():
-                    loss, _ = summed_token_loss(self.engine.model, batch)
+                    loss, _ = summed_token_loss(self.engine.model, batch, t.loss_impl, t.loss_chunk)
                 self.engine.backward(loss * scale, last)
-            loss_sum += loss.item()
-        return loss_sum, local
+            losses.append(loss.detach())  # no .item() here: the device runs ahead of the host
+        if self.compiled is not None and self.dist.is_main and (new := self.compiled.new_graphs()):
+            tqdm.write(f"torch.compile: {new} graph(s) compiled in step {self.step + 1}, "
+                       f"{self.compiled.graphs} in all ({'first compile' if new == self.compiled.graphs else 'recompile'})")
+        return float(torch.stack(losses).double().sum()), local
 
     def optimizer_step(self) -> float:
         """Clip, step, advance the schedule; returns the global grad norm before clipping."""
