@@ -93,3 +93,24 @@ def assert_resume_matches(common: list[str], tmp_path: Path, at_step: int = 4) -
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
     mid = load_file(run / step_dir / "adapter_model.safetensors")
     assert any(not torch.equal(mid[k], final_a[k]) for k in mid)  # the resumed steps changed the weights
+
+
+def reload_adapter_and_compare(trainer, final: Path, tolerance: float = 1e-5):
+    """`PeftModel.from_pretrained` on the base the adapter names reproduces the trained model's logits on a
+    training row; returns the reloaded model."""
+    import json
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_cfg = json.loads((final / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"])
+    reloaded = PeftModel.from_pretrained(base, final).eval()
+    batch = trainer.micro_batches(trainer.train_split, [[0]])[0]
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        got = reloaded(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+    return reloaded

@@ -8,20 +8,19 @@ import shutil
 
 import pytest
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import assert_resume_matches, compose, small_hotel
+from conftest import assert_resume_matches, compose, reload_adapter_and_compare, small_hotel
 from data.encoding import encode_messages
 from data.packing import build_row, collate_rows
 from data.templates import get_template
 from eval.loss import summed_token_loss
-from test_packed_attention import DIALOGUES, per_token_losses
 from models.config import ModelConfig
 from models.export import export_checkpoint
 from models.gguf import SMOLLM2_PACKAGE, gguf_model_dir, packaged_gguf_file, smollm2_dir
 from models.loading import load_model, load_tokenizer
+from test_packed_attention import DIALOGUES, per_token_losses
 from trainer.loop import Trainer
 
 SMOLLM2 = ModelConfig(name="smollm2", path="smollm2")
@@ -124,14 +123,7 @@ def test_the_adapter_reloads_and_the_merged_export_generates_the_same(lora_run, 
     final = tmp / "run" / "final"
     config = json.loads((final / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(smollm2_dir())  # a directory from_pretrained loads
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]),
-                                         final).eval()
-    batch = trainer.micro_batches(trainer.train_split, [[0]])[0]
-    trainer.model.eval()
-    with torch.no_grad():
-        expected = trainer.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-        got = reloaded(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    reloaded = reload_adapter_and_compare(trainer, final, tolerance=1e-4)
 
     export_checkpoint(final, tmp_path / "merged", merge=True)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()

@@ -3,10 +3,9 @@ import json
 
 import pytest
 import torch
-from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from conftest import assert_resume_matches, compose
+from conftest import assert_resume_matches, compose, reload_adapter_and_compare
 from trainer.loop import Trainer
 
 
@@ -49,15 +48,7 @@ def test_saved_adapter_reloads_and_reproduces_logits(hotel_overrides, tmp_path):
     assert any("eval/loss" in e for e in events)
     assert (out / "config.yaml").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_3"]  # no temporary dirs left
-    adapter_cfg = json.loads((out / "final" / "adapter_config.json").read_text())
-    base = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"])
-    reloaded = PeftModel.from_pretrained(base, out / "final").eval()
-    batch = trainer.micro_batches(trainer.train_split, [[0]])[0]
-    trainer.model.eval()
-    with torch.no_grad():
-        expected = trainer.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-        got = reloaded(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    reload_adapter_and_compare(trainer, out / "final")
 
 
 def test_full_fine_tuning_saves_a_standard_model(hotel_overrides, tmp_path):
