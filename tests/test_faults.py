@@ -104,27 +104,39 @@ def wait_for_step(run: Path, step: int, proc: subprocess.Popen | None = None, ti
         time.sleep(0.05)
 
 
+def kill_at_random_moment(server: ForkServer, pid: int, run: Path, moments: random.Random) -> int | None:
+    """Let the run log 0 or 1 more steps, wait a random part of a step more, then SIGKILL it (so the
+    moment falls in loading, a step or a checkpoint write, whatever the machine's speed). Returns
+    its exit status if it finished first, else None."""
+    logged = train_steps(run)[-1] if (run / "metrics.jsonl").is_file() and train_steps(run) else 0
+    target = logged + moments.randint(0, 1)
+    while not ((run / "metrics.jsonl").is_file() and train_steps(run) and train_steps(run)[-1] >= target):
+        if (status := server.wait(timeout=0.02)) is not None:
+            return status
+    if (status := server.wait(timeout=moments.uniform(0, 0.6))) is not None:
+        return status
+    os.kill(pid, signal.SIGKILL)
+    assert server.wait() == -signal.SIGKILL
+    return None
+
+
 def test_kill_9_at_random_moments_then_resume_is_bit_exact(hotel, server, straight, tmp_path):
-    """SIGKILL at 10+ random moments (loading, mid-step, mid-checkpoint), resume=auto each time:
+    """SIGKILL at 10 random moments (loading, mid-step, mid-checkpoint), resume=auto each time:
     the run finishes with the straight run's weights and never resumes from a broken checkpoint."""
     out, log = tmp_path / "run", tmp_path / "log.txt"
     overrides = [*hotel, f"output_dir={out}", "resume=auto"]
     moments = random.Random(12)
     kills = 0
-    while True:
-        pid = server.start(overrides, log)
-        status = server.wait(timeout=moments.uniform(0.3, 2.3))
+    while kills < 10:
+        status = kill_at_random_moment(server, server.start(overrides, log), out, moments)
         if status is None:
-            os.kill(pid, signal.SIGKILL)
-            assert server.wait() == -signal.SIGKILL
             kills += 1
             continue
         assert status == 0, log.read_text()[-3000:]
-        if kills >= 10:
-            break
-        shutil.rmtree(out / "final")  # finished too early: go again from the last checkpoints
-        for path in checkpoint.step_dirs(out / "checkpoints")[:moments.randint(2, 6)]:
-            shutil.rmtree(path[1])
+        shutil.rmtree(out / "final")  # finished before 10 kills: go again from an older checkpoint
+        for _, path in checkpoint.step_dirs(out / "checkpoints")[:4]:
+            shutil.rmtree(path)
+    assert server.run(overrides, log) == 0, log.read_text()[-3000:]
     assert_same_final(out, straight)
     text = log.read_text()
     assert "resumed from" in text and "Traceback" not in text
