@@ -38,28 +38,36 @@ def steps_logged(out: Path) -> int:
 
 
 def interrupted(out: Path, cmd: list[str], sig: signal.Signals, count: int, rng: random.Random,
-                step_seconds: float, save_every: int) -> tuple[float, int]:
-    """Run `cmd` until it finishes, sending `sig` `count` times at random moments; (seconds, interruptions)."""
+                save_every: int) -> tuple[float, int, float]:
+    """Run `cmd` until it finishes, sending `sig` `count` times, each after 1 to 2 × save_every + 1 more
+    logged steps and a random part of a second (mid-step or mid-checkpoint, whatever the machine's speed).
+    Returns (seconds, interruptions, mean seconds from a process's start to its first logged step)."""
     shutil.rmtree(out, ignore_errors=True)
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    start, done = time.perf_counter(), 0
+    start, done, startups = time.perf_counter(), 0, []
     while True:
+        began, logged = time.perf_counter(), steps_logged(out)
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if done < count:
-            # Wait for training to start, then anything up to two checkpoint intervals (mid-step, mid-save).
-            while steps_logged(out) == 0 and proc.poll() is None:
-                time.sleep(0.05)
-            try:
-                proc.wait(timeout=rng.uniform(0.2, 2 * save_every + 1) * step_seconds)
-            except subprocess.TimeoutExpired:
+        target = logged + 1 + (rng.randint(0, 2 * save_every) if done < count else 0)
+        while steps_logged(out) < target and proc.poll() is None:
+            time.sleep(0.02)
+        if steps_logged(out) > logged:
+            startups.append(time.perf_counter() - began)
+        if done < count and proc.poll() is None:
+            time.sleep(rng.uniform(0, 0.5))
+            if proc.poll() is None:
                 proc.send_signal(sig)
                 code = proc.wait()
                 expected = REQUEUE_EXIT_CODE if sig == signal.SIGTERM else -signal.SIGKILL
-                assert code == expected, f"{sig.name}: exit {code}, expected {expected}"
-                done += 1
-                continue
+                assert code in (expected, 0), f"{sig.name}: exit {code}, expected {expected}"
+                done += code == expected
+                if code == expected:
+                    continue
         assert proc.wait() == 0, f"run failed: {out}"
-        return time.perf_counter() - start, done
+        if done >= count:
+            return time.perf_counter() - start, done, sum(startups) / len(startups)
+        shutil.rmtree(out, ignore_errors=True)  # finished before all interruptions: start over
+        start, done, startups = time.perf_counter(), 0, []
 
 
 def same_final(a: Path, b: Path) -> bool:
@@ -87,16 +95,19 @@ def main() -> None:
               if "train/tokens_per_s" in m]
     seen = [0] + [m["train/tokens_seen"] for m in logged]
     step_seconds = sum((seen[i + 1] - seen[i]) / m["train/tokens_per_s"] for i, m in enumerate(logged)) / len(logged)
-    rows = [("straight", straight, 0, True)]
+    rows = [("straight", straight, 0, 0.0, 0, True)]
     for name, sig, count in (("SIGTERM", signal.SIGTERM, args.preemptions), ("SIGKILL", signal.SIGKILL, args.kills)):
-        seconds, done = interrupted(base / name, cmd(name), sig, count, rng, step_seconds, args.save_every)
-        rows.append((name, seconds, done, same_final(base / name, base / "straight")))
-    print(f"{args.steps} steps, checkpoint every {args.save_every}; one step ≈ {step_seconds:.2f} s\n")
-    print("| run | interruptions | wall s | lost per interruption, s | in steps | final bit-identical |")
-    print("|---|---:|---:|---:|---:|---|")
-    for name, seconds, done, same in rows:
-        lost = (seconds - straight) / done if done else 0.0
-        print(f"| {name} | {done} | {seconds:.1f} | {lost:.1f} | {lost / step_seconds:.1f} | {'yes' if same else 'NO'} |")
+        seconds, done, startup = interrupted(base / name, cmd(name), sig, count, rng, args.save_every)
+        redone = steps_logged(base / name) - args.steps
+        rows.append((name, seconds, done, startup, redone, same_final(base / name, base / "straight")))
+    print(f"{args.steps} steps, checkpoint every {args.save_every}; one step ≈ {step_seconds:.2f} s in the straight run\n")
+    print("| run | interruptions | wall s | lost per interruption, s | steps redone per interruption "
+          "| start to first step, s | final bit-identical |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for name, seconds, done, startup, redone, same in rows:
+        per = (lambda x: x / done) if done else (lambda x: 0.0)
+        print(f"| {name} | {done} | {seconds:.1f} | {per(seconds - straight):.1f} | {per(redone):.1f} | "
+              f"{startup:.1f} | {'yes' if same else 'NO'} |")
 
 
 if __name__ == "__main__":
