@@ -21,9 +21,9 @@ def test_grad_accumulation_4x1_equals_1x4(hotel_overrides):
     grads, weights = [], []
     for run in runs:
         before = trainable(run)
-        run.forward_backward(run.micro_batches(run.train_split, run.sampler.micro_batches(0)))
+        loss_sum, _ = run.forward_backward(run.micro_batches(run.train_split, run.sampler.micro_batches(0)))
         grads.append({n: p.grad.clone() for n, p in run.model.named_parameters() if p.requires_grad})
-        run.optimizer_step()
+        run.optimizer_step(loss_sum)
         weights.append(trainable(run))
         assert any(not torch.equal(before[n], weights[-1][n]) for n in before)
     for name in grads[0]:  # token-weighted: the same gradient, not a mean of per-micro-batch means

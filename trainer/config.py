@@ -27,6 +27,9 @@ class TrainConfig:
     epochs: float = 1.0
     eval_every: int = 0  # steps between dev evaluations; 0: only at the end
     save_every: int = 0  # steps between checkpoints; 0: only final/
+    save_every_minutes: float = 0  # also checkpoint when this much wall-clock time passed since the last; 0: off
+    keep_last: int = 0  # keep only the newest N step_* checkpoints (and the one resumed from); 0: all
+    max_bad_steps: int = 5  # stop after this many consecutive non-finite (skipped) steps; 0: never stop
     log_every: int = 1
     seed: int = 42
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping

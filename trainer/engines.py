@@ -1,18 +1,20 @@
 """How a step's gradients are made and applied: one process, DDP, or DeepSpeed ZeRO 1/2/3.
 
 The loop owns the steps and calls the same few things whatever the engine: `model` (what
-the training forward runs on), `no_sync(last)`, `backward(loss, last)`, `step()` (→ grad
-norm), `lr()`, and `save`/`load`/`full_weights` for checkpoints. Data, loss normalisation,
-logging and the checkpoints' standard files stay in the loop.
+the training forward runs on), `no_sync(last)`, `backward(loss, last)`, `step(skip)` (→ grad
+norm and whether the step was skipped as non-finite; `skip` is the loop's say on that),
+`lr()`, and `save`/`load`/`full_weights` for checkpoints. Data, loss normalisation, logging and
+the checkpoints' standard files stay in the loop.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -32,7 +34,7 @@ class Engine(Protocol):
 
     def no_sync(self, last: bool) -> contextlib.AbstractContextManager: ...
     def backward(self, loss: torch.Tensor, last: bool) -> None: ...
-    def step(self) -> float: ...
+    def step(self, skip: Callable[[bool], bool]) -> tuple[float, bool]: ...
     def lr(self) -> float: ...
     def state_dict(self) -> dict[str, Any]: ...
     def save(self, directory: Path) -> None: ...
@@ -64,15 +66,26 @@ class TorchEngine:
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         self.scaler.scale(loss).backward()
 
-    def step(self) -> float:
-        """Clip, step, advance the schedule; the global grad norm before clipping."""
+    def step(self, skip: Callable[[bool], bool]) -> tuple[float, bool]:
+        """Clip, step, advance the schedule; the global grad norm before clipping, and whether the step
+        was skipped.
+
+        `skip(grads_non_finite)` (the loop's decision, the same on every rank) may skip the step:
+        gradients are dropped, weights, optimizer state and schedule stay as they are. Under fp16
+        loss scaling an overflow is the GradScaler's own to skip (it also lowers the scale), so it
+        is not reported as non-finite.
+        """
         self.scaler.unscale_(self.optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip))
+        if skip(not math.isfinite(grad_norm) and not self.scaler.is_enabled()):
+            self.scaler.update()  # ends the scaler's step (lowers the scale if it saw an overflow)
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm, True
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, False
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
@@ -197,10 +210,17 @@ class DeepSpeedEngine:
         if not last:
             self.model.step()  # a micro-step: DeepSpeed only accumulates here
 
-    def step(self) -> float:
+    def step(self, skip: Callable[[bool], bool]) -> tuple[float, bool]:
+        """DeepSpeed applies the step unless the global grad norm is non-finite (the same on every
+        rank); then it drops the gradients and leaves weights, optimizer and schedule as they were.
+        The decision is DeepSpeed's: `skip` only hears of it, and a skip it asks for after DeepSpeed
+        applied the step (a non-finite loss with finite gradients) cannot be honoured. fp16
+        overflows are DeepSpeed's loss scaler's business and are not reported."""
         self.model.step()
+        skipped = not self.model.was_step_applied() and not self.model.fp16_enabled()
+        skip(skipped)
         norm = self.model.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return (float(norm) if norm is not None else float("nan")), skipped
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]

@@ -2,13 +2,17 @@
 
 Read top to bottom: `Trainer.__init__` builds data, model and optimizer; `train` repeats
 `forward_backward` over the step's micro-batches, `optimizer_step`, then `maybe_log`,
-`maybe_evaluate` and `maybe_checkpoint`.
+`maybe_evaluate` and `maybe_checkpoint`. Faults are handled in those steps: `optimizer_step` skips a
+non-finite step and agrees with the other ranks on it and on a preemption signal; `maybe_checkpoint`
+then checkpoints and stops (trainer/faults.py).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,8 +33,8 @@ from eval.turns import load_turns, task_metrics
 from models.adapters import (apply_peft, count_parameters, describe_parameters, peft_method, quantization_config,
                              unpacked_note)
 from models.compile import compile_decoder_layers
-from models.loading import enable_activation_checkpointing, load_model, load_tokenizer
-from trainer import checkpoint
+from models.loading import enable_activation_checkpointing, load_model, load_tokenizer, resolve_model_path, torch_dtype
+from trainer import checkpoint, faults
 from trainer.distributed import DistContext, init_distributed
 from trainer.engines import Engine, build_engine, check_engine, partitioned_loading
 from trainer.flops import document_lengths, model_flops, peak_flops
@@ -94,6 +98,11 @@ class Trainer:
         self.sampler = StepSampler(len(self.train_split), t.batch_size, t.grad_accum, self.dist.world_size,
                                    self.dist.rank, t.seed)
         self.max_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.sampler.steps_per_epoch))
+        # A full disk or an unwritable output dir fails now, not at the first checkpoint hours from now.
+        checkpoint.preflight(self.output_dir, checkpoint.estimated_size(
+            resolve_model_path(cfg.model), full=self.method.config is None,
+            dtype_bytes=torch_dtype(cfg.model.dtype).itemsize))
+        resume_point = self.find_resume_point()
 
         self.autocast_dtype = resolve_precision(t.precision, self.device)
         # Kept for the whole run: transformers asks it whether ZeRO-3 partitions its models.
@@ -124,10 +133,15 @@ class Trainer:
         self.engine: Engine = build_engine(cfg, self.model, optimizer, scheduler, scaler, self.autocast_dtype,
                                            self.dist)
         self.step, self.tokens_seen = 0, 0
+        self.skipped_steps, self.bad_streak = 0, 0  # non-finite steps: in all, and in a row now
+        self.resumed_from: Path | None = None
+        self.preemption = faults.PreemptionFlag()
+        self.preempting, self.save_due = False, False  # agreed by all ranks in `optimizer_step`
+        self._last_save = time.monotonic()
         self.logger = open_logger(cfg, self.output_dir, self.dist.is_main,
                                   {"params": {"trainable": trainable, "total": total}, "batch": self.global_batch()})
         self._window = self._empty_window()
-        self.maybe_resume()
+        self.maybe_resume(resume_point)
 
     # ------------------------------------------------------------------ steps
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -194,9 +208,48 @@ class Trainer:
                        f"{self.compiled.graphs} in all ({'first compile' if new == self.compiled.graphs else 'recompile'})")
         return float(torch.stack(losses).double().sum()), local
 
-    def optimizer_step(self) -> float:
-        """Clip, step, advance the schedule; returns the global grad norm before clipping."""
-        return self.engine.step()
+    def optimizer_step(self, loss_sum: float | torch.Tensor) -> float:
+        """Clip, step, advance the schedule; returns the global grad norm before clipping.
+
+        The step is skipped (weights, optimizer state and schedule untouched) when the loss or the
+        grad norm is non-finite on any rank; too many in a row stop the run (`train.max_bad_steps`).
+        The same all-reduce tells every rank whether any got a preemption signal or is due for a
+        timed checkpoint, so all of them checkpoint the same step.
+        """
+        step = self.step + 1
+        if faults.injected("raise", step, self.dist.rank):
+            raise RuntimeError(f"{faults.FAULT_INJECT_ENV}: injected failure at step {step} on rank {self.dist.rank}")
+        if faults.injected("nan_loss", step, self.dist.rank):
+            loss_sum = float("nan")
+        grad_norm, skipped = self.engine.step(functools.partial(self.agree_at_step_boundary, loss_sum))
+        if not skipped:
+            self.bad_streak = 0
+            return grad_norm
+        self.skipped_steps += 1
+        self.bad_streak += 1
+        limit = self.cfg.train.max_bad_steps
+        if self.dist.is_main:
+            tqdm.write(f"step {step}: non-finite loss or grad norm (this rank: loss {float(loss_sum):.4g}, grad "
+                       f"norm {grad_norm:.4g}); optimizer step skipped ({self.bad_streak} in a row, "
+                       f"train.max_bad_steps={limit})")
+        if limit > 0 and self.bad_streak >= limit:
+            last = checkpoint.step_dirs(self.output_dir / "checkpoints")
+            raise faults.Diverged(f"step {step}: {self.bad_streak} consecutive optimizer steps with a non-finite "
+                                  f"loss or gradient norm (train.max_bad_steps={limit}); stopping. Last good "
+                                  f"checkpoint: {last[0][1] if last else 'none'}")
+        return grad_norm
+
+    def agree_at_step_boundary(self, loss_sum: float | torch.Tensor, grads_non_finite: bool) -> bool:
+        """One tiny all-reduce per step: is the step non-finite on any rank (then every rank skips it),
+        did any rank get a preemption signal, is any due for a `train.save_every_minutes` checkpoint."""
+        minutes = self.cfg.train.save_every_minutes
+        loss_non_finite = ~torch.isfinite(torch.as_tensor(loss_sum, dtype=torch.float64)).cpu()
+        flags = torch.tensor([float(grads_non_finite or bool(loss_non_finite)),
+                              float(self.preemption.requested is not None),
+                              float(minutes > 0 and time.monotonic() - self._last_save >= 60 * minutes)],
+                             dtype=torch.float64)
+        skip, self.preempting, self.save_due = (v > 0 for v in self.dist.all_reduce_sum(flags).tolist())
+        return skip
 
     def train(self) -> dict[str, float]:
         """Run to `max_steps`; returns the final dev metrics (empty without a dev split)."""
@@ -211,29 +264,45 @@ class Trainer:
                        f"× world {self.dist.world_size}; {self.max_steps} steps "
                        f"({self.sampler.steps_per_epoch} per epoch); dist={self.cfg.dist.name} "
                        f"({type(self.engine).__name__})")
-        metrics: dict[str, float] = {}
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.dist.is_main, desc="train",
                    dynamic_ncols=True)
-        while self.step < self.max_steps:
-            start = time.perf_counter()
-            batches = self.micro_batches(self.train_split, self.sampler.micro_batches(self.step))
-            loss_sum, trained = self.forward_backward(batches)
-            grad_norm = self.optimizer_step()
-            self.step += 1
-            tokens = sum(b["num_tokens"] for b in batches)
-            self.tokens_seen += tokens
-            flops = sum(self.flops.training(b["doc_lengths"]) for b in batches)
-            self.record(loss_sum, trained, tokens, flops, time.perf_counter() - start, grad_norm)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / max(trained, 1):.4f}",
-                            tok_s=f"{tokens * self.dist.world_size / max(time.perf_counter() - start, 1e-9):.0f}")
-            self.maybe_log()
-            last = self.step == self.max_steps
-            metrics = self.maybe_evaluate(force=last)
-            self.maybe_checkpoint(final=last)
+        with self.preemption, self.naming_a_failure():
+            while self.step < self.max_steps:
+                start = time.perf_counter()
+                batches = self.micro_batches(self.train_split, self.sampler.micro_batches(self.step))
+                loss_sum, trained = self.forward_backward(batches)
+                grad_norm = self.optimizer_step(loss_sum)
+                self.step += 1
+                tokens = sum(b["num_tokens"] for b in batches)
+                self.tokens_seen += tokens
+                flops = sum(self.flops.training(b["doc_lengths"]) for b in batches)
+                self.record(loss_sum, trained, tokens, flops, time.perf_counter() - start, grad_norm)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / max(trained, 1):.4f}",
+                                tok_s=f"{tokens * self.dist.world_size / max(time.perf_counter() - start, 1e-9):.0f}")
+                self.maybe_log()
+                if self.step < self.max_steps:
+                    if not self.preempting:  # the time left goes to the checkpoint
+                        self.maybe_evaluate()
+                    self.maybe_checkpoint()
+            # Also when resuming a run that was killed between its last checkpoint and final/.
+            metrics = self.maybe_evaluate(force=True)
+            self.maybe_checkpoint(final=True)
         bar.close()
         self.logger.finish(self.summary(metrics))
         return metrics
+
+    @contextlib.contextmanager
+    def naming_a_failure(self) -> Iterator[None]:
+        """An exception on one rank takes the job down (the others' next collective fails or times out
+        after `dist.timeout_minutes`); say which rank, at which step, and why."""
+        try:
+            yield
+        except Exception as err:
+            if self.dist.world_size > 1 and not isinstance(err, (faults.Preempted, faults.Diverged)):
+                tqdm.write(f"error: rank {self.dist.rank} of {self.dist.world_size} failed at step {self.step + 1}: "
+                           f"{type(err).__name__}: {err}", file=sys.stderr)
+            raise
 
     # ------------------------------------------------------------ reporting
     @staticmethod
@@ -267,6 +336,7 @@ class Trainer:
             "train/tokens_per_s": tokens / max(w["seconds"], 1e-9),
             "train/tokens_seen": self.tokens_seen * self.dist.world_size,
             "train/epoch": self.step / self.sampler.steps_per_epoch,
+            "train/skipped_steps": self.skipped_steps,
             **self.hardware_metrics(flops, w["seconds"]),
         })
         self._window = self._empty_window()
@@ -334,17 +404,37 @@ class Trainer:
     def training_state(self) -> dict[str, Any]:
         """Rank 0's view of the run: the same on every rank except the RNG (see `save`)."""
         return {"step": self.step, "tokens_seen": self.tokens_seen, "world_size": self.dist.world_size,
+                "skipped_steps": self.skipped_steps, "bad_streak": self.bad_streak,
                 **self.engine.state_dict(), "rng": checkpoint.rng_state(),
                 "data": {"seed": self.cfg.train.seed, "step": self.step,
                          "epoch": self.step // self.sampler.steps_per_epoch}}
 
     def maybe_checkpoint(self, final: bool = False) -> None:
-        every = self.cfg.train.save_every
-        if final or (every > 0 and self.step % every == 0):
-            saved = self.save(self.output_dir / "checkpoints" / f"step_{self.step}", self.training_state())
+        """`step_N` every `train.save_every` steps, after `train.save_every_minutes`, when preempted (both
+        agreed in `optimizer_step`) and at the end, then `final/`. Older checkpoints beyond
+        `train.keep_last` go once the new one is committed. A preemption then stops the run."""
+        t = self.cfg.train
+        directory = self.output_dir / "checkpoints" / f"step_{self.step}"
+        due = final or self.preempting or self.save_due or (t.save_every > 0 and self.step % t.save_every == 0)
+        if due and directory != self.resumed_from:  # resuming at max_steps: that checkpoint is there
+            saved = self.save(directory, self.training_state())
             self.logger.log_checkpoint(saved, self.step)
+            if t.keep_last > 0 and self.dist.is_main:
+                checkpoint.prune(directory.parent, t.keep_last, keep=self.resumed_from)
+            self._last_save = time.monotonic()
         if final:
             self.save(self.output_dir / "final", None)
+        elif self.preempting:
+            if self.dist.is_main:
+                tqdm.write(f"preempted at step {self.step}: checkpoint {directory}")
+            raise faults.Preempted(self.step, str(directory))
+
+    def check_finite_weights(self, directory: Path) -> None:
+        """Refuse to write non-finite weights (every rank checks what it holds; they agree)."""
+        local = [getattr(p, "ds_tensor", p) for p in self.model.parameters() if p.requires_grad]
+        bad = sum(int(not torch.isfinite(p.detach()).all()) for p in local)
+        if self.dist.all_reduce_sum(torch.tensor(float(bad))).item() > 0:
+            raise faults.Diverged(f"step {self.step}: the weights are not finite; not writing {directory}")
 
     def save(self, directory: Path, state: dict[str, Any] | None) -> Path:
         """Write a checkpoint; every rank enters (the engine's collective save, ZeRO-3's gathering).
@@ -353,6 +443,7 @@ class Trainer:
         ranks their RNG streams and engine shards, all into one staging directory that rank 0
         renames into place once every rank is done.
         """
+        self.check_finite_weights(directory)
         tmp = checkpoint.staging_dir(directory, create=self.dist.is_main)
         self.dist.barrier()
         if state is not None:
@@ -368,21 +459,32 @@ class Trainer:
         self.dist.barrier()
         return directory
 
-    def maybe_resume(self) -> None:
+    def find_resume_point(self) -> tuple[Path, dict[str, Any]] | None:
+        """Before the model loads: `resume=auto` takes the newest checkpoint that reads back (one
+        warning per one skipped, naming the file); a `resume=<dir>` that does not read back fails."""
         resume = self.cfg.resume
         if not resume:
+            return None
+        if resume != "auto":
+            try:
+                return Path(resume), checkpoint.load_valid_state(Path(resume))
+            except checkpoint.CorruptCheckpoint as err:
+                raise checkpoint.CorruptCheckpoint(f"resume={resume}: {err}") from None
+        warn = tqdm.write if self.dist.is_main else (lambda line: None)
+        found = checkpoint.latest_checkpoint(self.output_dir, warn, remove_unfinished=self.dist.is_main)
+        self.dist.barrier()  # rank 0 removes unfinished writes before anyone saves again
+        if found is None:
+            warn(f"resume=auto: no checkpoint in {self.output_dir / 'checkpoints'}; starting fresh")
+        return found
+
+    def maybe_resume(self, found: tuple[Path, dict[str, Any]] | None) -> None:
+        if found is None:
             return
-        directory = checkpoint.latest_checkpoint(self.output_dir) if resume == "auto" else Path(resume)
-        if directory is None:
-            if self.dist.is_main:
-                tqdm.write(f"resume=auto: no checkpoint in {self.output_dir / 'checkpoints'}; starting fresh")
-            return
-        if not (directory / checkpoint.STATE_FILE).is_file():
-            raise FileNotFoundError(f"resume={resume}: {directory} is not a complete checkpoint "
-                                    f"(no {checkpoint.STATE_FILE})")
-        state = checkpoint.load_state(directory)
+        directory, state = found
         self.engine.load(directory, state)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.skipped_steps, self.bad_streak = state.get("skipped_steps", 0), state.get("bad_streak", 0)
+        self.resumed_from = directory
         # A rank's own stream when the same number of processes resumes; else rank 0's.
         own_rng = checkpoint.rank_rng_file(directory, self.dist.rank)
         checkpoint.set_rng_state(torch.load(own_rng, weights_only=True) if own_rng.is_file() else state["rng"])

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from eval.cli import USER_ERRORS, exit_on_user_error
 from trainer.config import RUN_STAMP_ENV, run_stamp
 from trainer.distributed import broadcast_from_main, init_distributed
+from trainer.faults import REQUEUE_EXIT_CODE, Diverged, Preempted
 from trainer.loop import Trainer
 from trainer.metrics import close_failed_run
 from trainer.redact import redact, redact_overrides
@@ -39,7 +40,9 @@ def run_training(cfg: DictConfig) -> float | None:
     """Train and return the final `sweep.objective` metric (None when the run measured none).
 
     In a multirun a failed job returns NaN instead of raising (see `record_failure`), and a
-    missing objective fails the job, since a sweeper cannot rank it.
+    missing objective fails the job, since a sweeper cannot rank it. A preempted run (checkpoint
+    written) exits with `REQUEUE_EXIT_CODE`, also out of a multirun; a diverged one prints why and
+    exits with 1.
     """
     job = sweep_job()
     if job is not None:
@@ -52,10 +55,15 @@ def run_training(cfg: DictConfig) -> float | None:
                 raise ValueError(f"sweep.objective={cfg.sweep.objective!r} was not measured; the run's final "
                                  f"metrics: {sorted(metrics)} (a dev split gives eval/loss)")
             return value
+        except Preempted:
+            raise SystemExit(REQUEUE_EXIT_CODE) from None
         except Exception as err:
-            if job is None:
-                raise
-            return record_failure(cfg, job, err)
+            if job is not None:
+                return record_failure(cfg, job, err)
+            if isinstance(err, Diverged):
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(1) from None
+            raise
 
 
 def share_run_dir(argv: list[str], config_dir: str) -> list[str]:
