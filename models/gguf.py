@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -43,6 +44,14 @@ SMOLLM2_PACKAGE = PackagedGGUF(
 
 
 def sha256_of(path: Path) -> str:
+    """The file's checksum, read once per process for a given size and modification time (a run resolves
+    its model several times: tokenizer, model, preflight; a GGUF file may be gigabytes)."""
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=None)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
