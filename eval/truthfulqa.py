@@ -16,6 +16,8 @@ Both are reported as percentages.
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import json
 import math
 from pathlib import Path
@@ -108,9 +110,32 @@ def evaluate_truthfulqa(questions: Sequence[dict[str, Any]], score: Scorer) -> t
     return metrics, records
 
 
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens every sequence starts with, leaving each at least one of its own."""
+    shortest = min(len(ids) for ids in sequences)
+    n = 0
+    while n < shortest - 1 and all(ids[n] == sequences[0][n] for ids in sequences):
+        n += 1
+    return n
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward argument (and output field) of the key/value cache: `cache` since transformers 5.2x."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def model_scorer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Scorer:
-    """A `Scorer` backed by a causal LM: right-padded batches, longest first."""
+    """A `Scorer` backed by a causal LM: right-padded batches, longest first.
+
+    Every pair starts with the same primer (~3/4 of its tokens), so its key/value cache is computed
+    once and each batch runs only the rest. Prompt-learning adapters own the cache (virtual tokens):
+    they get whole sequences.
+    """
+    peft_config = getattr(model, "active_peft_config", None)
+    cache_prefix = not getattr(peft_config, "is_prompt_learning", False)
+    cache_key = cache_keyword(model)
 
     @torch.no_grad()
     def score(pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -119,25 +144,40 @@ def model_scorer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, bat
             whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
             n_context = len(tokenizer(context, add_special_tokens=False)["input_ids"])
             encoded.append((whole, n_context))
+        shared = shared_prefix_length([ids for ids, _ in encoded]) if cache_prefix and encoded else 0
+        shared = min([shared, *(n_context - 1 for _, n_context in encoded)])  # the primer's last logit is not needed
         order = sorted(range(len(pairs)), key=lambda i: -len(encoded[i][0]))
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
+        prefix_cache = None
+        if shared > 0:
+            with autocast():
+                prefix = model(input_ids=torch.tensor([encoded[0][0][:shared]], device=device), use_cache=True)
+            prefix_cache = getattr(prefix, cache_key)
         results = [0.0] * len(pairs)
         for start in tqdm(range(0, len(order), batch_size), desc="truthfulqa", dynamic_ncols=True):
             batch = order[start:start + batch_size]
-            width = max(len(encoded[i][0]) for i in batch)
+            width = max(len(encoded[i][0]) for i in batch) - shared
             input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros((len(batch), shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
             for row, i in enumerate(batch):
-                input_ids[row, :len(encoded[i][0])] = torch.tensor(encoded[i][0])
-                mask[row, :len(encoded[i][0])] = 1
+                rest = encoded[i][0][shared:]
+                input_ids[row, :len(rest)] = torch.tensor(rest)
+                mask[row, shared:shared + len(rest)] = 1
+            inputs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(batch))
+                positions = torch.arange(shared, shared + width, device=device).expand(len(batch), -1)
+                inputs |= {cache_key: cache, "position_ids": positions, "use_cache": True}
             with autocast():  # prompt/P-tuning put logits for their virtual tokens first: keep the last `width`
-                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits[:, -width:]
+                logits = model(**inputs).logits[:, -width:]
             for row, i in enumerate(batch):
                 ids, n_context = encoded[i]
                 # position t predicts token t + 1: the continuation's tokens are predicted from n_context - 1 on
-                log_probs = logits[row, n_context - 1:len(ids) - 1].float().log_softmax(-1)
+                log_probs = logits[row, n_context - 1 - shared:len(ids) - 1 - shared].float().log_softmax(-1)
                 targets = torch.tensor(ids[n_context:], device=log_probs.device)
                 results[i] = float(log_probs.gather(-1, targets[:, None]).sum())
         model.train(was_training)

@@ -74,3 +74,38 @@ def test_model_scorer_sums_continuation_log_probs_in_batches():
         assert got == pytest.approx(expected, abs=1e-3)
     metrics, _ = evaluate_truthfulqa(questions, model_scorer(model, tokenizer, batch_size=8))
     assert metrics["questions"] == 3 and 0 <= metrics["mc1"] <= 100 and 0 < metrics["mc2"] < 100
+
+
+def _manual_score(model, tokenizer, context: str, continuation: str) -> float:
+    """One sequence, no padding and no cache; logits of virtual tokens (prompt tuning) dropped."""
+    n_context = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    ids = torch.tensor([tokenizer(context + continuation, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        log_probs = model(input_ids=ids).logits[0, -ids.shape[1]:-1].log_softmax(-1)
+    return log_probs[n_context - 1:].gather(-1, ids[0, n_context:, None]).sum().item()
+
+
+def test_model_scorer_runs_the_shared_primer_once():
+    cfg = ModelConfig()
+    model, tokenizer = load_model(cfg).eval(), load_tokenizer(cfg)
+    pairs = [(prompt(q["question"]), " " + a) for q in load_questions(TRUTHFULQA, limit=2) for a in q["mc1_targets"]]
+    fed = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: fed.append(kwargs["input_ids"].numel()),
+                                           with_kwargs=True)
+    scores = model_scorer(model, tokenizer, batch_size=4)(pairs)
+    hook.remove()
+    whole = sum(len(tokenizer(c + a, add_special_tokens=False)["input_ids"]) for c, a in pairs)
+    primer = len(tokenizer(prompt(""), add_special_tokens=False)["input_ids"])
+    assert sum(fed) < whole - (len(pairs) - 2) * primer  # the primer is fed once, not once per pair
+    assert scores == pytest.approx([_manual_score(model, tokenizer, c, a) for c, a in pairs], abs=1e-4)
+
+
+def test_model_scorer_gives_prompt_tuning_whole_sequences():
+    from peft import PromptTuningConfig, get_peft_model
+
+    cfg = ModelConfig()
+    tokenizer = load_tokenizer(cfg)
+    model = get_peft_model(load_model(cfg), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    pairs = [(prompt(q["question"]), " " + a) for q in load_questions(TRUTHFULQA, limit=1) for a in q["mc1_targets"]]
+    scores = model_scorer(model, tokenizer, batch_size=2)(pairs)
+    assert scores == pytest.approx([_manual_score(model, tokenizer, c, a) for c, a in pairs], abs=1e-4)
