@@ -95,6 +95,18 @@ def assert_resume_matches(common: list[str], tmp_path: Path, at_step: int = 4) -
     assert any(not torch.equal(mid[k], final_a[k]) for k in mid)  # the resumed steps changed the weights
 
 
+def nudge_trainable(model, scale: float):
+    """Trainable weights moved off their often no-op init (LoRA's B starts at zero), so every output and
+    gradient depends on them. Seed the generator first."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn_like(p))
+    return model
+
+
 def reload_adapter_and_compare(trainer, final: Path, tolerance: float = 1e-5):
     """`PeftModel.from_pretrained` on the base the adapter names reproduces the trained model's logits on a
     training row; returns the reloaded model."""

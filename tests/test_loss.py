@@ -3,6 +3,7 @@ full-logits computation, in value and in every gradient, for every PEFT method a
 import pytest
 import torch
 
+from conftest import nudge_trainable
 from data.packing import build_row, collate_rows
 from eval.loss import summed_token_loss, trained_positions
 from models.adapters import PEFT_METHODS, apply_peft, quantization_config
@@ -31,11 +32,7 @@ def adapted_model(method: str, path: str, attn: str = "sdpa") -> torch.nn.Module
     model_cfg = ModelConfig(path=path, attn_implementation=attn)
     model = apply_peft(load_model(model_cfg, quantization=quantization_config(peft_cfg)), peft_cfg, model_cfg)
     torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.02 * torch.randn_like(p))
-    return model.eval()
+    return nudge_trainable(model, 0.02).eval()
 
 
 def loss_and_grads(model: torch.nn.Module, batch: dict, **loss_options) -> tuple[torch.Tensor, int, dict]:

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import nudge_trainable
 from data.conversation import Message
 from data.encoding import encode_messages
 from data.packing import IGNORE_INDEX, build_row, collate_rows
@@ -27,6 +28,26 @@ def per_token_losses(model, batch):
     return losses[batch["labels"].flatten() != IGNORE_INDEX]
 
 
+def hotel_docs(tokenizer) -> list[tuple[list[int], list[int]]]:
+    template = get_template("chatml")
+    return [(d.input_ids, d.trained) for d in (encode_messages(m, (), template, tokenizer, ["assistant"])
+                                               for m in DIALOGUES)]
+
+
+def packed_alone_and_leaked(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token losses of DIALOGUES packed in one row, each alone, and packed with positions running
+    straight through the row (documents then see each other: what the isolation check must catch)."""
+    docs = hotel_docs(tokenizer)
+    with torch.no_grad():
+        packed = per_token_losses(model, collate_rows([build_row(docs)], tokenizer.pad_token_id))
+        alone = torch.cat([per_token_losses(model, collate_rows([build_row([d])], tokenizer.pad_token_id))
+                           for d in docs])
+        leaky = collate_rows([build_row(docs)], tokenizer.pad_token_id)
+        leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
+        leaked = per_token_losses(model, leaky)
+    return packed, alone, leaked
+
+
 @pytest.fixture(params=["qwen2", "llama"])
 def model_path(request):
     return "tiny" if request.param == "qwen2" else str(request.getfixturevalue("untied_llama_dir"))
@@ -35,17 +56,7 @@ def model_path(request):
 @pytest.mark.parametrize("attn", ["sdpa", "eager", DOCUMENT_SDPA, "flex_attention"])
 def test_packed_loss_equals_unpacked(attn, model_path):
     cfg = ModelConfig(path=model_path, attn_implementation=attn)
-    tok, model = load_tokenizer(cfg), load_model(cfg).eval()
-    template = get_template("chatml")
-    docs = [encode_messages(d, (), template, tok, ["assistant"]) for d in DIALOGUES]
-    docs = [(d.input_ids, d.trained) for d in docs]
-    with torch.no_grad():
-        packed = per_token_losses(model, collate_rows([build_row(docs)], tok.pad_token_id))
-        alone = torch.cat([per_token_losses(model, collate_rows([build_row([d])], tok.pad_token_id)) for d in docs])
-        # The same row with positions running straight through lets documents see each other.
-        leaky = collate_rows([build_row(docs)], tok.pad_token_id)
-        leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
-        leaked = per_token_losses(model, leaky)
+    packed, alone, leaked = packed_alone_and_leaked(load_model(cfg).eval(), load_tokenizer(cfg))
     assert packed.shape == alone.shape and len(alone) > 20
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
     assert (leaked - alone).abs().max() > 1e-3  # the check above can fail
@@ -58,18 +69,13 @@ def test_document_sdpa_gradients_equal_sdpa_with_its_block_mask(model_path):
     from models.config import PeftConfig
 
     tok = load_tokenizer(ModelConfig(path=model_path))
-    template = get_template("chatml")
-    docs = [(d.input_ids, d.trained) for d in (encode_messages(m, (), template, tok, ["assistant"]) for m in DIALOGUES)]
+    docs = hotel_docs(tok)
     batch = collate_rows([build_row(docs[:2]), build_row(docs[2:])], tok.pad_token_id)  # 2 rows, padded
     results = []
     for attn in ("sdpa", DOCUMENT_SDPA):
         cfg = ModelConfig(path=model_path, attn_implementation=attn)
         torch.manual_seed(0)  # the same adapter init for both
-        model = apply_peft(load_model(cfg), PeftConfig(dropout=0.0), cfg)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.05 * torch.randn_like(p))
+        model = nudge_trainable(apply_peft(load_model(cfg), PeftConfig(dropout=0.0), cfg), 0.05)
         loss, _ = summed_token_loss(model, batch)
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))

@@ -6,7 +6,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from conftest import compose, small_hotel
+from conftest import compose, nudge_trainable, small_hotel
 from data.conversation import Message
 from data.encoding import encode_messages
 from data.packing import build_row, collate_rows
@@ -32,11 +32,7 @@ def adapted(method: str, **fields) -> torch.nn.Module:
     peft_cfg = PeftConfig(method=method, **fields)
     model = apply_peft(load_model(ModelConfig(), quantization=quantization_config(peft_cfg)), peft_cfg, ModelConfig())
     torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return nudge_trainable(model, 0.05).eval()
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import assert_resume_matches, compose, reload_adapter_and_compare, small_hotel
-from data.encoding import encode_messages
-from data.packing import build_row, collate_rows
-from data.templates import get_template
 from eval.loss import summed_token_loss
 from models.config import ModelConfig
 from models.export import export_checkpoint
 from models.gguf import SMOLLM2_PACKAGE, gguf_model_dir, packaged_gguf_file, smollm2_dir
 from models.loading import load_model, load_tokenizer
-from test_packed_attention import DIALOGUES, per_token_losses
+from test_packed_attention import packed_alone_and_leaked
 from trainer.loop import Trainer
 
 SMOLLM2 = ModelConfig(name="smollm2", path="smollm2")
@@ -77,17 +74,7 @@ def test_model_gguf_file_converts_any_local_gguf(tmp_path):
 def test_packed_documents_are_isolated_in_the_llama_architecture():
     """Every token of a packed row has the loss it has with its dialogue alone (fp32, 1e-5), and the
     check fails when positions run straight through the row."""
-    tokenizer, model = load_tokenizer(SMOLLM2), load_model(SMOLLM2).eval()
-    template = get_template("chatml")
-    docs = [encode_messages(d, (), template, tokenizer, ["assistant"]) for d in DIALOGUES]
-    docs = [(d.input_ids, d.trained) for d in docs]
-    with torch.no_grad():
-        packed = per_token_losses(model, collate_rows([build_row(docs)], tokenizer.pad_token_id))
-        alone = torch.cat([per_token_losses(model, collate_rows([build_row([d])], tokenizer.pad_token_id))
-                           for d in docs])
-        leaky = collate_rows([build_row(docs)], tokenizer.pad_token_id)
-        leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]  # documents see each other
-        leaked = per_token_losses(model, leaky)
+    packed, alone, leaked = packed_alone_and_leaked(load_model(SMOLLM2).eval(), load_tokenizer(SMOLLM2))
     assert packed.shape == alone.shape and len(alone) > 20
     # 30 fp32 layers over rows of other lengths round differently: 1e-5 relative (losses are ~1).
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
