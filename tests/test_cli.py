@@ -1,6 +1,5 @@
 """The entry points as users run them: python, torchrun, preview."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

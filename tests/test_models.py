@@ -1,7 +1,5 @@
 import json
-import os
 import threading
-from pathlib import Path
 
 import pytest
 import torch

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import pytest
 
-from data.conversation import Conversation, Message
+from data.conversation import Conversation
 from data.encoding import encode_conversation, encode_messages
 from data.templates import NotPrefixStable, get_template, hf_messages
 from real_tokenizers import REAL_TOKENIZERS, ROOT, hotel_dialogues, load_real_tokenizer, official_template

@@ -1,7 +1,6 @@
 import random
 
 import pytest
-import torch
 
 from conftest import compose
 from data.dataset import load_split

@@ -40,9 +40,9 @@ def test_failed_job_is_reported_and_recorded_and_the_sweep_goes_on(tmp_path):
     run = multirun(tmp_path, f"data.train={missing},{good}")
     assert run.returncode == 0, run.stderr[-3000:]
     failed = (tmp_path / "sweep" / "0" / "FAILED").read_text()
-    assert f"job #0 (" in failed and f"data.train={missing}" in failed and "file not found" in failed
+    assert "job #0 (" in failed and f"data.train={missing}" in failed and "file not found" in failed
     assert "Traceback" not in failed  # an input error is one line
-    assert f"error: job #0 (" in run.stderr
+    assert "error: job #0 (" in run.stderr
     assert (tmp_path / "sweep" / "1" / "final").is_dir() and not (tmp_path / "sweep" / "1" / "FAILED").exists()
 
 
