@@ -145,7 +145,8 @@ def model_scorer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, bat
             n_context = len(tokenizer(context, add_special_tokens=False)["input_ids"])
             encoded.append((whole, n_context))
         shared = shared_prefix_length([ids for ids, _ in encoded]) if cache_prefix and encoded else 0
-        shared = min([shared, *(n_context - 1 for _, n_context in encoded)])  # the primer's last logit is not needed
+        # each context's last token runs in the batch: its logit predicts the continuation's first token
+        shared = min([shared, *(n_context - 1 for _, n_context in encoded)])
         order = sorted(range(len(pairs)), key=lambda i: -len(encoded[i][0]))
         device = next(model.parameters()).device
         was_training = model.training
