@@ -1,6 +1,6 @@
 """This project's loop against HF Trainer + PEFT on the same work, each mode in its own process.
 
-    python bench/compare_hf.py                                   # CPU: SmolLM2-135M, ~1.2k real tokens per step
+    python bench/compare_hf.py --tokens 2400 --per-batch 2       # CPU: SmolLM2-135M, fp32 and bf16, 3 repeats
     python bench/compare_hf.py --model qwen2-0.5b --tokens 16384 --per-batch 8 --attn sdpa   # GPU shapes
 
 Modes: `hf_padded` (Trainer, DataCollatorForSeq2Seq right-padding `--per-batch` dialogues),
@@ -15,6 +15,12 @@ Each mode runs `--warmup` steps and then `--steps` timed ones; the table reports
 tokens per second over the timed steps, the mean step time and the process's peak memory: peak RSS
 (`os.wait4` on the child) on CPU, `torch.cuda.max_memory_allocated` on CUDA. `transformers.Trainer`
 appears only here, as the peer being measured; the product loop never uses it.
+
+Timings on a shared machine (bench/quiet.py): the script holds a machine-wide lock (a second benchmark
+fails at once), waits before every run until fewer than `--max-busy` cores are busy, measures the CPU
+other processes used during each run (reported as "other cores"), runs every mode `--repeats` times
+(interleaved, so drift hits all modes alike) for each of `--precision` (fp32 and bf16 on CPU) and
+reports the median with the spread (max - min over the median).
 
 `--model qwen2-0.5b|qwen2-7b` builds a randomly initialised model of that shape once (on the GPU,
 saved under the work dir, with the embedded tiny model's ChatML tokenizer, so no model package is
@@ -33,6 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.quiet import ForeignLoad, exclusive, median_spread, wait_until_quiet  # noqa: E402
 
 MODES = ("hf_padded", "hf_flat", "ours")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
@@ -55,8 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="timed steps after the warm-up")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: fp32 on CPU, bf16 weights + autocast on CUDA")
+    p.add_argument("--precision", default="auto",
+                   help="comma-separated fp32,bf16 (bf16: autocast); auto: fp32,bf16 on CPU, bf16 on CUDA")
+    p.add_argument("--repeats", type=int, default=3, help="runs of every mode; the table shows the median")
+    p.add_argument("--max-busy", type=float, default=0.3,
+                   help="wait before each run until fewer cores than this are busy (inf: never wait)")
+    p.add_argument("--quiet-timeout", type=float, default=600, help="seconds to wait for a quiet machine")
+    p.add_argument("--wait-lock", action="store_true", help="wait for another benchmark instead of failing")
     p.add_argument("--attn", default="sdpa", help="attn_implementation for every mode")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in every mode")
     p.add_argument("--ours", action="append", default=[], metavar="KEY=VALUE",
@@ -73,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.precision == "auto":
-        args.precision = "bf16" if args.device == "cuda" else "fp32"
+        args.precision = "bf16" if args.device == "cuda" else "fp32,bf16"
+    args.precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not args.precisions or set(args.precisions) - {"fp32", "bf16"}:
+        p.error(f"--precision {args.precision}: a comma-separated list of fp32, bf16")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     home = Path(os.path.expanduser(os.environ.get("TURNPACK_HOME", "~/.cache/turnpack")))
     args.workdir = Path(args.workdir or home / "bench" / "compare_hf")
     return args
@@ -173,14 +191,15 @@ def run_mode(args: argparse.Namespace, mode: str, plan_path: Path, plan: dict, m
         cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *ours_overrides(args, plan, model_dir, out)]
     else:
         cmd = [sys.executable, __file__, "--child", mode, "--plan", str(plan_path), *child_args(args)]
-    with open(out / "log.txt", "w") as log:
+    with open(out / "log.txt", "w") as log, ForeignLoad() as others:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         tail = (out / "log.txt").read_text(errors="replace").splitlines()[-15:]
         return {"mode": mode, "error": f"exit {os.waitstatus_to_exitcode(status)}: " + " | ".join(tail)[-600:]}
     steps = ours_steps(out) if mode == "ours" else json.loads((out / "steps.json").read_text())
-    return summarise(mode, steps, args.warmup, usage.ru_maxrss * 1024)
+    return summarise(mode, steps, args.warmup, usage.ru_maxrss * 1024) | {
+        "other_cores": others.cores(usage.ru_utime + usage.ru_stime)}
 
 
 def ours_overrides(args: argparse.Namespace, plan: dict, model_dir: Path | None, out: Path) -> list[str]:
@@ -291,21 +310,42 @@ def summarise(mode: str, steps: dict, warmup: int, rss: int) -> dict:
             "cuda_peak_gib": steps["cuda_peak"] / 2**30 if steps.get("cuda_peak") else None}
 
 
-def table(results: list[dict], device: str) -> str:
-    ok = [r for r in results if "error" not in r and r["mode"] != "ours"]
-    best = max(ok, key=lambda r: r["tokens_per_s"]) if ok else None
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One row per mode from its repeats: median tokens/s with its spread, median step time and memory,
+    the most CPU other processes took during any repeat; a mode with any failed repeat shows the failure."""
+    rows = []
+    for mode in dict.fromkeys(r["mode"] for r in runs):
+        mine = [r for r in runs if r["mode"] == mode]
+        failed = [r for r in mine if "error" in r]
+        if failed:
+            rows.append({"mode": mode, "error": failed[0]["error"]})
+            continue
+        row = {"mode": mode, "repeats": len(mine), "tokens_per_step": mine[0]["tokens_per_step"],
+               "tokens_per_s": median_spread([r["tokens_per_s"] for r in mine]),
+               "other_cores": max(r["other_cores"] for r in mine)}
+        for key in ("step_s", "peak_rss_gib", "cuda_peak_gib"):
+            row[key] = median_spread([r[key] for r in mine])["median"] if mine[0][key] is not None else None
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict], device: str) -> str:
+    ok = [r for r in rows if "error" not in r and r["mode"] != "ours"]
+    best = max(ok, key=lambda r: r["tokens_per_s"]["median"]) if ok else None
     mem_key = "cuda_peak_gib" if device == "cuda" else "peak_rss_gib"
     mem_name = "max_memory_allocated" if device == "cuda" else "peak RSS"
-    lines = [f"| mode | tokens/step | real tok/s | step s | {mem_name} GiB | tok/s vs best HF | memory vs best HF |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
+    lines = [f"| mode | tokens/step | real tok/s (median) | spread | step s | {mem_name} GiB | other cores "
+             "| tok/s vs best HF | memory vs best HF |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
         if "error" in r:
-            lines.append(f"| {r['mode']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['mode']} | failed: {r['error']} | | | | | | | |")
             continue
-        ratio = (f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x | {r[mem_key] / best[mem_key]:.2f}x"
+        speed = r["tokens_per_s"]
+        ratio = (f"{speed['median'] / best['tokens_per_s']['median']:.2f}x | {r[mem_key] / best[mem_key]:.2f}x"
                  if best and r[mem_key] and best[mem_key] else "– | –")
-        lines.append(f"| {r['mode']} | {r['tokens_per_step']:,.0f} | {r['tokens_per_s']:,.1f} | {r['step_s']:.2f} "
-                     f"| {r[mem_key]:.2f} | {ratio} |")
+        lines.append(f"| {r['mode']} | {r['tokens_per_step']:,.0f} | {speed['median']:,.1f} | "
+                     f"{100 * speed['spread']:.1f}% (n={speed['n']}) | {r['step_s']:.2f} | {r[mem_key]:.2f} "
+                     f"| {r['other_cores']:.2f} | {ratio} |")
     if best:
         lines.append(f"\nbest HF mode: {best['mode']}")
     return "\n".join(lines)
@@ -321,21 +361,29 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(modes) - set(MODES)
     if unknown:
         raise SystemExit(f"--modes: unknown {sorted(unknown)}; allowed: {list(MODES)}")
-    model_dir = shape_dir(args)
-    plan = make_plan(args, model_dir)
-    plan_path = args.workdir / "plan.json"
-    plan_path.write_text(json.dumps(plan))
-    print(f"{args.model} on {args.device} ({args.precision}, attn={args.attn}, grad_ckpt={args.grad_ckpt}): "
-          f"{len(plan['dialogues'])} dialogues, {args.per_batch} per HF batch, ≤{args.tokens} tokens per step, "
-          f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)
-    results = []
-    for mode in modes:
-        results.append(run_mode(args, mode, plan_path, plan, model_dir))
-        print(json.dumps(results[-1]), flush=True)
-    print(table(results, args.device))
+    with exclusive(wait=args.wait_lock):
+        model_dir = shape_dir(args)
+        plan = make_plan(argparse.Namespace(**vars(args) | {"precision": args.precisions[0]}), model_dir)
+        plan_path = args.workdir / "plan.json"
+        plan_path.write_text(json.dumps(plan))
+        tables = {}
+        for precision in args.precisions:
+            run_args = argparse.Namespace(**vars(args) | {"precision": precision})
+            print(f"{args.model} on {args.device} ({precision}, attn={args.attn}, grad_ckpt={args.grad_ckpt}): "
+                  f"{len(plan['dialogues'])} dialogues, {args.per_batch} per HF batch, ≤{args.tokens} tokens per "
+                  f"step, {args.warmup} warm-up + {args.steps} timed steps, {args.repeats} repeats", flush=True)
+            runs = []
+            for repeat in range(args.repeats):
+                for mode in modes:
+                    busy = wait_until_quiet(args.max_busy, args.quiet_timeout)
+                    runs.append(run_mode(run_args, mode, plan_path, plan, model_dir)
+                                | {"repeat": repeat, "busy_before": busy})
+                    print(json.dumps(runs[-1]), flush=True)
+            tables[precision] = {"runs": runs, "rows": aggregate(runs)}
+            print(f"\n{precision}:\n{table(tables[precision]['rows'], args.device)}\n", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args) | {"workdir": str(args.workdir)},
-                                               "results": results}, indent=1))
+                                               "tables": tables}, indent=1))
 
 
 if __name__ == "__main__":
