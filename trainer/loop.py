@@ -1,10 +1,10 @@
 """The training loop: packed, loss-masked micro-batches → token-weighted optimizer steps.
 
-Read top to bottom: `Trainer.__init__` builds data, model and optimizer; `train` repeats
-`forward_backward` over the step's micro-batches, `optimizer_step`, then `maybe_log`,
-`maybe_evaluate` and `maybe_checkpoint`. Faults are handled in those steps: `optimizer_step` skips a
-non-finite step and agrees with the other ranks on it and on a preemption signal; `maybe_checkpoint`
-then checkpoints and stops (trainer/faults.py).
+Read top to bottom: `Trainer.__init__` builds data, model and engine (which prepares the model, then builds
+the optimizer through `build_optimizer`); `train` repeats `forward_backward` over the step's micro-batches,
+`optimizer_step`, then `maybe_log`, `maybe_evaluate` and `maybe_checkpoint`. Faults are handled in those
+steps: `optimizer_step` skips a non-finite step and agrees with the other ranks on it and on a preemption
+signal; `maybe_checkpoint` then checkpoints and stops (trainer/faults.py).
 """
 from __future__ import annotations
 
