@@ -6,8 +6,9 @@
 e.g. `model=qwen2 model.path=/models/Qwen2-7B-Instruct peft=lora train.batch_size=1 train.seq_len=4096
 train.grad_ckpt=true`. Reads `model.path`'s config.json; see models/memory.py for what each term counts.
 `--zero-stage`/`--world-size` give the per-rank memory under ZeRO (the stage defaults to `dist.zero_stage`
-where the dist config has one; `dist=fsdp` counts as stage 3, `dist=fsdp_grad_op` as stage 2); `--master-weights` adds the fp32 master copy that DeepSpeed/FSDP mixed
-precision keep (our loop keeps none). Writes nothing.
+where the dist config has one; `dist=fsdp` counts as stage 3, `dist=fsdp_grad_op` as stage 2, whose memory
+they match); `--master-weights` adds the fp32 master copy that DeepSpeed mixed precision keeps (our loop and
+FSDP keep the weights in `model.dtype`). Writes nothing.
 """
 import argparse
 import sys

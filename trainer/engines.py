@@ -281,7 +281,8 @@ def parallelize(module: torch.nn.Module, dist: DistContext, reshard_after_forwar
 
     The root keeps its parameters gathered after the forward (`reshard_after_forward=False`): the
     chunked loss calls the head after the model's forward, outside FSDP's hooks. `param_dtype`
-    (bf16) is the compute dtype; gradients are reduced and the master weights kept in fp32.
+    (bf16) is the compute dtype; gradients are reduced in fp32 and the sharded weights, which the
+    optimizer steps, keep the dtype the model was loaded in.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
