@@ -30,6 +30,7 @@ STEPS = 4
 COMMON = ["peft.dropout=0", f"train.max_steps={STEPS}", "train.save_every=2", "train.grad_accum=2",
           "sched.warmup_steps=1", "train.log_every=1"]
 ENGINES = ["ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp_grad_op"]
+ADAPTER = "adapter_model.safetensors"
 
 
 def torchrun(*args: str, nnodes: int = 1, nproc: int = 2, rdzv: str | None = None, restarts: int = 0,
@@ -224,6 +225,7 @@ def test_fsdp_group_restarted_by_torchrun_resumes_and_finishes(fault, hotel, two
     """A rank that raises, or is SIGKILLed while the DCP shards of a checkpoint are being written:
     torchrun (--max-restarts 1) restarts the group, resume=auto takes the last complete checkpoint
     (an unfinished write is skipped) and the run ends with the uninterrupted run's weights."""
+    straight = two_rank_runs("fsdp") / "run" / "final" / ADAPTER  # made (if not yet) before the fault is set
     monkeypatch.setenv(FAULT_INJECT_ENV, fault)  # fires in torchrun's first attempt only (trainer/faults.py)
     out = tmp_path / "run"
     log = finish(torchrun("launch/train.py", *hotel, *COMMON, "dist=fsdp", "train.batch_size=1", f"output_dir={out}",
@@ -231,10 +233,9 @@ def test_fsdp_group_restarted_by_torchrun_resumes_and_finishes(fault, hotel, two
     assert f"resumed from {out / 'checkpoints' / 'step_2'} at step 2" in log, log[-4000:]
     if fault.startswith("kill"):
         assert "step_4.tmp: an unfinished checkpoint write (removed)" in log
-    straight = load_file(two_rank_runs("fsdp") / "run" / "final" / "adapter_model.safetensors")
-    again = load_file(out / "final" / "adapter_model.safetensors")
-    assert straight.keys() == again.keys()
-    assert all(torch.equal(straight[k], again[k]) for k in straight)
+    expected, again = load_file(straight), load_file(out / "final" / ADAPTER)
+    assert expected.keys() == again.keys()
+    assert all(torch.equal(expected[k], again[k]) for k in expected)
 
 
 def test_zero_resume_needs_the_same_world_size(hotel, two_rank_runs, tmp_path):
