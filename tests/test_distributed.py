@@ -220,6 +220,15 @@ def test_fsdp_resumes_on_another_world_size(engine, written_by, resumed_by, hote
         torch.testing.assert_close(final[name.replace(".default", "")], value, rtol=1e-4, atol=1e-5)
 
 
+def test_resume_with_another_engine_is_refused_before_the_model_loads(hotel, two_rank_runs, tmp_path,
+                                                                     monkeypatch):
+    """DCP shards cannot fill a torch optimizer's whole state: say which engine wrote the checkpoint."""
+    resumed = resume_copy(two_rank_runs("fsdp") / "run", tmp_path)
+    monkeypatch.setattr("trainer.loop.load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    with pytest.raises(ValueError, match="written with dist.engine=fsdp, resumed with dist.engine=torch"):
+        Trainer(compose(*hotel, *COMMON, "train.batch_size=2", f"output_dir={resumed}", "resume=auto"))
+
+
 @pytest.mark.parametrize("fault", ["raise@step=3,rank=1", "kill_in_save@step=4,rank=1"])
 def test_fsdp_group_restarted_by_torchrun_resumes_and_finishes(fault, hotel, two_rank_runs, tmp_path, monkeypatch):
     """A rank that raises, or is SIGKILLed while the DCP shards of a checkpoint are being written:

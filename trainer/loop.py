@@ -472,30 +472,34 @@ class Trainer:
 
     def find_resume_point(self) -> tuple[Path, dict[str, Any]] | None:
         """Before the model loads: `resume=auto` takes the newest checkpoint that reads back (one
-        warning per one skipped, naming the file); a `resume=<dir>` that does not read back fails."""
+        warning per one skipped, naming the file); a `resume=<dir>` that does not read back, or that
+        another `dist.engine` wrote, fails."""
         resume = self.cfg.resume
         if not resume:
             return None
         if resume != "auto":
             try:
-                return Path(resume), checkpoint.load_valid_state(Path(resume))
+                found = Path(resume), checkpoint.load_valid_state(Path(resume))
             except checkpoint.CorruptCheckpoint as err:
                 raise checkpoint.CorruptCheckpoint(f"resume={resume}: {err}") from None
-        warn = tqdm.write if self.dist.is_main else (lambda line: None)
-        found = checkpoint.latest_checkpoint(self.output_dir, warn, remove_unfinished=self.dist.is_main)
-        self.dist.barrier()  # rank 0 removes unfinished writes before anyone saves again
-        if found is None:
-            warn(f"resume=auto: no checkpoint in {self.output_dir / 'checkpoints'}; starting fresh")
+        else:
+            warn = tqdm.write if self.dist.is_main else (lambda line: None)
+            found = checkpoint.latest_checkpoint(self.output_dir, warn, remove_unfinished=self.dist.is_main)
+            self.dist.barrier()  # rank 0 removes unfinished writes before anyone saves again
+            if found is None:
+                warn(f"resume=auto: no checkpoint in {self.output_dir / 'checkpoints'}; starting fresh")
+                return None
+        directory, state = found
+        if state.get("engine", self.cfg.dist.engine) != self.cfg.dist.engine:
+            raise ValueError(f"resume={directory}: written with dist.engine={state['engine']}, resumed with "
+                             f"dist.engine={self.cfg.dist.engine}; their optimizer states differ, resume with "
+                             f"dist.engine={state['engine']}")
         return found
 
     def maybe_resume(self, found: tuple[Path, dict[str, Any]] | None) -> None:
         if found is None:
             return
         directory, state = found
-        if state.get("engine", self.cfg.dist.engine) != self.cfg.dist.engine:
-            raise ValueError(f"resume={directory}: written with dist.engine={state['engine']}, resumed with "
-                             f"dist.engine={self.cfg.dist.engine}; their optimizer states differ, resume with "
-                             f"dist.engine={state['engine']}")
         self.engine.load(directory, state)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.skipped_steps, self.bad_streak = state.get("skipped_steps", 0), state.get("bad_streak", 0)
