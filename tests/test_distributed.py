@@ -220,6 +220,20 @@ def test_fsdp_resumes_on_another_world_size(engine, written_by, resumed_by, hote
         torch.testing.assert_close(final[name.replace(".default", "")], value, rtol=1e-4, atol=1e-5)
 
 
+def test_resume_auto_skips_a_truncated_dcp_shard(two_rank_runs, tmp_path):
+    from trainer import checkpoint
+
+    run = two_rank_runs("fsdp") / "run"
+    for step in (2, 4):
+        shutil.copytree(run / "checkpoints" / f"step_{step}", tmp_path / "checkpoints" / f"step_{step}")
+    shard = tmp_path / "checkpoints" / "step_4" / "dcp" / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    warnings: list[str] = []
+    found = checkpoint.latest_checkpoint(tmp_path, warnings.append)
+    assert found is not None and found[0] == tmp_path / "checkpoints" / "step_2"
+    assert len(warnings) == 1 and f"{shard}: truncated DCP shard" in warnings[0]
+
+
 def test_resume_with_another_engine_is_refused_before_the_model_loads(hotel, two_rank_runs, tmp_path,
                                                                      monkeypatch):
     """DCP shards cannot fill a torch optimizer's whole state: say which engine wrote the checkpoint."""
