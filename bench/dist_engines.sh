@@ -1,5 +1,6 @@
 #!/bin/bash
-# Every dist engine on the same run, side by side: tokens/s, and its ratio to DDP's.
+# Every dist engine (DDP, DeepSpeed ZeRO, FSDP2) on the same run, side by side: tokens/s, its ratio to DDP's,
+# and peak CUDA memory.
 #   bash bench/dist_engines.sh [NPROC] [STEPS] [extra overrides...]
 # On CPU (gloo) it shows the engines' overhead on the tiny model; on GPUs pass a real model, e.g.
 #   bash bench/dist_engines.sh 1 30 model=qwen2 model.path=/models/Qwen2-0.5B-Instruct train.precision=bf16
@@ -7,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NPROC=${1:-2}; STEPS=${2:-12}; shift $(( $# < 2 ? $# : 2 ))
 OUT=${BENCH_OUT:-outputs/bench/dist}
-ENGINES=${ENGINES:-"ddp zero1 zero2 zero3 zero2_offload zero3_offload"}
+ENGINES=${ENGINES:-"ddp zero1 zero2 zero3 zero2_offload zero3_offload fsdp fsdp_grad_op"}
 for engine in $ENGINES; do
   rm -rf "$OUT/$engine"
   .venv/bin/torchrun --standalone --nproc_per_node "$NPROC" launch/train.py dist="$engine" train.max_steps="$STEPS" \

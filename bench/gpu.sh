@@ -6,7 +6,7 @@
 # 3. a few steps of every PEFT method, then of every bitsandbytes optimizer (8-bit, paged) and QLoRA
 # 4. the estimator's peak beside the measured one for the 7B run of step 6
 # 5. bench/compare_hf.py at the Qwen2-0.5B shape (sdpa), 6. at the Qwen2-7B shape (sdpa, grad ckpt)
-# 7. one-process DDP, ZeRO-2 and ZeRO-3 over NCCL (bench/dist_engines.sh)
+# 7. one-process DDP, ZeRO-2, ZeRO-3, FSDP2 and FSDP2 grad-op over NCCL (bench/dist_engines.sh)
 # 8. compare_hf at 0.5B with flex_attention, and flash_attention_2 where flash_attn is installed
 # Sections run in that order, each under its own timeout; once BUDGET_S (default 470 s) is spent the
 # rest are skipped and say so. Results: $OUT (the device tool's folder) or bench/gpu_results/:
@@ -103,7 +103,7 @@ step estimate_7b 30 "$PY launch/estimate_memory.py model=qwen2 model.path=$SHAPE
   train.batch_size=1 train.seq_len=16384 train.grad_ckpt=true"
 
 # 7. engines over NCCL, one process each
-step dist_engines 120 "ENGINES='ddp zero2 zero3' BENCH_OUT=$WORK/dist bash bench/dist_engines.sh 1 8 model=qwen2 model.path=$SHAPE05 \
+step dist_engines 160 "ENGINES='ddp zero2 zero3 fsdp fsdp_grad_op' BENCH_OUT=$WORK/dist bash bench/dist_engines.sh 1 8 model=qwen2 model.path=$SHAPE05 \
   train.precision=bf16 train.seq_len=2048 train.batch_size=4 data.dev=null"
 
 # 8. other attention kernels at 0.5B

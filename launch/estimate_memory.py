@@ -6,8 +6,9 @@
 e.g. `model=qwen2 model.path=/models/Qwen2-7B-Instruct peft=lora train.batch_size=1 train.seq_len=4096
 train.grad_ckpt=true`. Reads `model.path`'s config.json; see models/memory.py for what each term counts.
 `--zero-stage`/`--world-size` give the per-rank memory under ZeRO (the stage defaults to `dist.zero_stage`
-where the dist config has one); `--master-weights` adds the fp32 master copy that DeepSpeed/FSDP mixed
-precision keep (our loop keeps none). Writes nothing.
+where the dist config has one; `dist=fsdp` counts as stage 3, `dist=fsdp_grad_op` as stage 2, whose memory
+they match); `--master-weights` adds the fp32 master copy that DeepSpeed mixed precision keeps (our loop and
+FSDP keep the weights in `model.dtype`). Writes nothing.
 """
 import argparse
 import sys
@@ -25,7 +26,7 @@ _WRITE_NOTHING = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logg
 
 def main() -> None:
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3))  # default: dist.zero_stage, if set
+    parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3))  # default: dist's (fsdp: 3, fsdp_grad_op: 2)
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--master-weights", action="store_true")
     args, overrides = parser.parse_known_args()

@@ -28,15 +28,16 @@ class CompileCounter:
         return new
 
 
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
+def decoder_layers(model: nn.Module, setting: str = "train.compile=true") -> list[nn.Module]:
     """The model's repeated blocks: modules of the classes transformers never splits across devices
-    (`_no_split_modules`, e.g. `LlamaDecoderLayer`), found through peft's wrapper."""
+    (`_no_split_modules`, e.g. `LlamaDecoderLayer`), found through peft's wrapper. `setting` names what
+    needs them in the error."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = set(getattr(base, "_no_split_modules", None) or ())
     layers = [m for m in base.modules() if type(m).__name__ in names]
     if not layers:
-        raise ValueError(f"train.compile=true: found no decoder layers in {type(base).__name__} "
-                         f"(no _no_split_modules); set train.compile=false")
+        raise ValueError(f"{setting}: found no decoder layers in {type(base).__name__} "
+                         f"(no _no_split_modules); drop {setting}")
     return layers
 
 

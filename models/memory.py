@@ -178,6 +178,15 @@ def architecture(config: PretrainedConfig) -> Architecture:
                         family.norms_per_layer, linears)
 
 
+def sharding_stage(dist: DictConfig) -> int:
+    """The ZeRO stage whose memory a dist config matches: its `zero_stage`, or for FSDP 3 (weights freed
+    after each layer's forward) and 2 with `reshard_after_forward=false` (a layer's gathered weights kept to
+    its backward: whole weights at the peak, as ZeRO-2)."""
+    if dist.get("engine") == "fsdp":
+        return 3 if dist.get("reshard_after_forward", True) else 2
+    return dist.get("zero_stage", 0)
+
+
 @dataclass(frozen=True)
 class Setup:
     """The run choices memory depends on (the CLI fills it from the Hydra config)."""
@@ -208,7 +217,7 @@ class Setup:
                       optimizer=cfg.optim.name, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
                       grad_ckpt=cfg.train.grad_ckpt, attn_implementation=cfg.model.attn_implementation,
                       loss_impl=cfg.train.get("loss_impl", "chunked"), loss_chunk=cfg.train.get("loss_chunk", 1024),
-                      double_quant=cfg.peft.get("double_quant", True), zero_stage=cfg.dist.get("zero_stage", 0))
+                      double_quant=cfg.peft.get("double_quant", True), zero_stage=sharding_stage(cfg.dist))
         return cls(**fields | options)
 
     def __post_init__(self) -> None:

@@ -56,8 +56,8 @@ def test_bad_deepspeed_settings_name_the_key(override, message):
 def test_unknown_engine_is_refused(hotel_overrides):
     from trainer.loop import Trainer
 
-    with pytest.raises(ValueError, match=r"dist\.engine='fsdp'; allowed: \['torch', 'deepspeed'\]"):
-        Trainer(compose(*hotel_overrides, "dist.engine=fsdp", "train.max_steps=1"))
+    with pytest.raises(ValueError, match=r"dist\.engine='megatron'; allowed: \['torch', 'deepspeed', 'fsdp'\]"):
+        Trainer(compose(*hotel_overrides, "dist.engine=megatron", "train.max_steps=1"))
 
 
 def test_qlora_under_zero3_is_refused_clearly(hotel_overrides):
@@ -103,3 +103,19 @@ def test_generation_eval_under_zero3_is_refused_before_any_work(hotel_overrides)
 
     with pytest.raises(ValueError, match="generation during ZeRO-3 training is not supported"):
         Trainer(compose(*hotel_overrides, "dist=zero3", "train.eval_generate_every=5"))
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["peft=qlora"], "FSDP cannot shard bitsandbytes 4-bit weights"),
+    (["optim=adamw_8bit"], "bitsandbytes optimizers cannot step FSDP's sharded parameters"),
+    (["train.precision=fp16"], "use train.precision=bf16"),
+    (["peft=prompt_tuning"], "use dist=ddp or peft=lora"),
+    (["dist.offload_optimizer=true"], "use dist.offload_params=true"),
+    (["train.eval_generate_every=5"], "generation during FSDP training is not supported"),
+])
+def test_what_fsdp_cannot_shard_is_refused_before_any_work(overrides, named, hotel_overrides, monkeypatch):
+    from trainer.loop import Trainer
+
+    monkeypatch.setattr("trainer.loop.load_tokenizer", lambda *a: pytest.fail("work began before the check"))
+    with pytest.raises(ValueError, match=f"dist=fsdp_grad_op.*{re.escape(named)}"):
+        Trainer(compose(*hotel_overrides, "dist=fsdp_grad_op", *overrides))

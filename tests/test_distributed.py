@@ -1,5 +1,6 @@
-"""DDP and DeepSpeed ZeRO 1/2/3 on CPU (gloo), two processes each, against one process on the same
-global batch; resume; a simulated two-node job; a killed rank. Each run is a real torchrun job."""
+"""DDP, DeepSpeed ZeRO 1/2/3 and FSDP2 on CPU (gloo), two processes each, against one process on the
+same global batch; resume (FSDP's also on another number of processes); a simulated two-node job; a
+killed rank, and one that torchrun's --max-restarts survives. Each run is a real torchrun job."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from safetensors.torch import load_file
 
 from models.tiny import materialize_tiny
 from trainer.distributed import free_port
+from trainer.faults import FAULT_INJECT_ENV
 from trainer.loop import Trainer
 
 pytestmark = pytest.mark.slow
@@ -26,15 +29,17 @@ STEPS = 4
 # LoRA without dropout, so one process and two draw no random numbers that could differ.
 COMMON = ["peft.dropout=0", f"train.max_steps={STEPS}", "train.save_every=2", "train.grad_accum=2",
           "sched.warmup_steps=1", "train.log_every=1"]
-ENGINES = ["ddp", "zero1", "zero2", "zero3"]
+ENGINES = ["ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp_grad_op"]
+ADAPTER = "adapter_model.safetensors"
 
 
-def torchrun(*args: str, nnodes: int = 1, nproc: int = 2, rdzv: str | None = None,
+def torchrun(*args: str, nnodes: int = 1, nproc: int = 2, rdzv: str | None = None, restarts: int = 0,
              cwd: Path = ROOT, **popen) -> subprocess.Popen:
-    """A torchrun agent (one "node") running `args`."""
+    """A torchrun agent (one "node") running `args`; it restarts a failed group `restarts` times."""
     endpoint = rdzv or f"127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc_per_node", str(nproc),
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "test", *args]
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "test", "--max-restarts",
+           str(restarts), *args]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
@@ -67,17 +72,18 @@ def reference(hotel, tmp_path_factory) -> tuple[dict[str, torch.Tensor], Path]:
 
 
 @pytest.fixture(scope="module")
-def two_rank_runs(hotel, tmp_path_factory) -> dict[str, Path]:
-    """Each engine's 2-process run (kept for the resume tests), made on first use."""
-    runs: dict[str, Path] = {}
+def two_rank_runs(hotel, tmp_path_factory) -> Callable[..., Path]:
+    """Each engine's run on `nproc` processes (2 by default; kept for the resume tests), made on first
+    use; the global batch is the reference's 4 rows per step whatever `nproc`."""
+    runs: dict[tuple[str, int], Path] = {}
 
-    def run(engine: str) -> Path:
-        if engine not in runs:
-            out = tmp_path_factory.mktemp(engine)
+    def run(engine: str, nproc: int = 2) -> Path:
+        if (engine, nproc) not in runs:
+            out = tmp_path_factory.mktemp(f"{engine}_{nproc}")
             finish(torchrun("tests/dist_worker.py", str(out / "dump"), *hotel, *COMMON, f"dist={engine}",
-                            "train.batch_size=1", f"output_dir={out / 'run'}"))
-            runs[engine] = out
-        return runs[engine]
+                            f"train.batch_size={2 // nproc}", f"output_dir={out / 'run'}", nproc=nproc))
+            runs[engine, nproc] = out
+        return runs[engine, nproc]
 
     return run
 
@@ -113,15 +119,28 @@ def train_metrics(run: Path) -> list[dict]:
     return [m for m in map(json.loads, lines) if "train/loss" in m]
 
 
-def test_zero3_adapter_loads_with_peft(two_rank_runs):
+@pytest.mark.parametrize("engine", ["zero3", "fsdp"])
+def test_sharded_adapter_loads_with_peft(engine, two_rank_runs):
+    """final/ holds the whole adapter, every rank's slice (FSDP shards dim 0: rank 1 holds the second
+    half of each lora_B), not rank 0's alone as in accelerate's FSDP2 bug (#4206)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    final = two_rank_runs("zero3") / "run" / "final"
+    final = two_rank_runs(engine) / "run" / "final"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(materialize_tiny()), final)
-    gathered = load_file(two_rank_runs("zero3") / "dump" / "rank0.safetensors")
+    gathered = load_file(two_rank_runs(engine) / "dump" / "rank0.safetensors")
     loaded = dict(model.named_parameters())
+    assert loaded.keys() >= gathered.keys()
     assert all(torch.equal(loaded[k], v) for k, v in gathered.items())
+    lora_b = [v for k, v in gathered.items() if "lora_B" in k]
+    assert lora_b and all(v[v.shape[0] // 2:].abs().sum() > 0 for v in lora_b)
+
+
+def test_fsdp_optimizer_steps_the_sharded_parameters(two_rank_runs):
+    """Built after `fully_shard`: an optimizer built before it holds the replaced tensors and trains
+    nothing, silently."""
+    facts = json.loads((two_rank_runs("fsdp") / "dump" / "optimizer_params.json").read_text())
+    assert facts == {"all_sharded_model_params": True, "count": facts["trainable"], "trainable": 16}
 
 
 def test_zero3_full_finetune_gathers_the_whole_model(hotel, tmp_path):
@@ -172,6 +191,74 @@ def test_ddp_resumes_with_one_process(hotel, reference, two_rank_runs, tmp_path)
     for name, value in expected.items():
         key = name.replace(".default", "")
         torch.testing.assert_close(final[key], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine,written_by,resumed_by", [("fsdp", 2, 1), ("fsdp_grad_op", 1, 2)])
+def test_fsdp_resumes_on_another_world_size(engine, written_by, resumed_by, hotel, reference, two_rank_runs,
+                                            tmp_path):
+    """DCP reshards on load: the weights and optimizer state the new processes hold equal the saved ones
+    bit for bit, and the run finishes as one process did on the same global batch."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    written = two_rank_runs(engine, nproc=written_by) / "run"
+    resumed = resume_copy(written, tmp_path)
+    log = finish(torchrun("tests/dist_worker.py", str(tmp_path / "dump"), *hotel, *COMMON, f"dist={engine}",
+                          f"train.batch_size={2 // resumed_by}", f"output_dir={resumed}", "resume=auto",
+                          nproc=resumed_by))
+    assert "at step 2" in log
+    dcp_to_torch_save(written / "checkpoints" / "step_2" / "dcp", tmp_path / "saved.pt")
+    saved = torch.load(tmp_path / "saved.pt", weights_only=True)
+    loaded = torch.load(tmp_path / "dump" / "start_state.pt", weights_only=True)
+    assert len(saved["model"]) == 16 and "lm_head" not in " ".join(saved["model"])  # trainable only
+    assert all(torch.equal(saved["model"][k], loaded["model"][k]) for k in saved["model"])
+    moments = [(k, n) for k, state in saved["optimizer"]["state"].items() for n in state]
+    assert len(moments) == 3 * 16  # step, exp_avg, exp_avg_sq
+    assert all(torch.equal(saved["optimizer"]["state"][k][n], loaded["optimizer"]["state"][k][n]) for k, n in moments)
+    expected, _ = reference
+    final = load_file(resumed / "final" / "adapter_model.safetensors")
+    for name, value in expected.items():
+        torch.testing.assert_close(final[name.replace(".default", "")], value, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_auto_skips_a_truncated_dcp_shard(two_rank_runs, tmp_path):
+    from trainer import checkpoint
+
+    run = two_rank_runs("fsdp") / "run"
+    for step in (2, 4):
+        shutil.copytree(run / "checkpoints" / f"step_{step}", tmp_path / "checkpoints" / f"step_{step}")
+    shard = tmp_path / "checkpoints" / "step_4" / "dcp" / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    warnings: list[str] = []
+    found = checkpoint.latest_checkpoint(tmp_path, warnings.append)
+    assert found is not None and found[0] == tmp_path / "checkpoints" / "step_2"
+    assert len(warnings) == 1 and f"{shard}: truncated DCP shard" in warnings[0]
+
+
+def test_resume_with_another_engine_is_refused_before_the_model_loads(hotel, two_rank_runs, tmp_path,
+                                                                     monkeypatch):
+    """DCP shards cannot fill a torch optimizer's whole state: say which engine wrote the checkpoint."""
+    resumed = resume_copy(two_rank_runs("fsdp") / "run", tmp_path)
+    monkeypatch.setattr("trainer.loop.load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    with pytest.raises(ValueError, match="written with dist.engine=fsdp, resumed with dist.engine=torch"):
+        Trainer(compose(*hotel, *COMMON, "train.batch_size=2", f"output_dir={resumed}", "resume=auto"))
+
+
+@pytest.mark.parametrize("fault", ["raise@step=3,rank=1", "kill_in_save@step=4,rank=1"])
+def test_fsdp_group_restarted_by_torchrun_resumes_and_finishes(fault, hotel, two_rank_runs, tmp_path, monkeypatch):
+    """A rank that raises, or is SIGKILLed while the DCP shards of a checkpoint are being written:
+    torchrun (--max-restarts 1) restarts the group, resume=auto takes the last complete checkpoint
+    (an unfinished write is skipped) and the run ends with the uninterrupted run's weights."""
+    straight = two_rank_runs("fsdp") / "run" / "final" / ADAPTER  # made (if not yet) before the fault is set
+    monkeypatch.setenv(FAULT_INJECT_ENV, fault)  # fires in torchrun's first attempt only (trainer/faults.py)
+    out = tmp_path / "run"
+    log = finish(torchrun("launch/train.py", *hotel, *COMMON, "dist=fsdp", "train.batch_size=1", f"output_dir={out}",
+                          "resume=auto", f"hydra.run.dir={tmp_path / 'hydra'}", restarts=1))
+    assert f"resumed from {out / 'checkpoints' / 'step_2'} at step 2" in log, log[-4000:]
+    if fault.startswith("kill"):
+        assert "step_4.tmp: an unfinished checkpoint write (removed)" in log
+    expected, again = load_file(straight), load_file(out / "final" / ADAPTER)
+    assert expected.keys() == again.keys()
+    assert all(torch.equal(expected[k], again[k]) for k in expected)
 
 
 def test_zero_resume_needs_the_same_world_size(hotel, two_rank_runs, tmp_path):

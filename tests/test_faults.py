@@ -321,23 +321,24 @@ def rank_pid(agent: subprocess.Popen, rank: int) -> int:
 
 
 @pytest.mark.slow
-def test_ddp_sigterm_on_one_rank_checkpoints_all_and_resumes_bit_exact(hotel, tmp_path, monkeypatch):
-    """Two DDP ranks; rank 1 alone reports a NaN loss at step 2 (both must skip it) and alone gets
-    SIGTERM later (both must checkpoint the same step). Resumed, both ranks end with the weights of
-    the straight two-process run."""
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_sigterm_on_one_rank_checkpoints_all_and_resumes_bit_exact(engine, hotel, tmp_path, monkeypatch):
+    """Two ranks (DDP, or FSDP with its sharded DCP checkpoint); rank 1 alone reports a NaN loss at
+    step 2 (both must skip it) and alone gets SIGTERM later (both must checkpoint the same step).
+    Resumed, both ranks end with the weights of the straight two-process run."""
     monkeypatch.setenv(FAULT_INJECT_ENV, "nan_loss@step=2,rank=1")
-    ddp = [*hotel, "dist=ddp", "train.max_steps=10"]
-    finish(torchrun("tests/dist_worker.py", str(tmp_path / "straight_dump"), *ddp,
+    two_ranks = [*hotel, f"dist={engine}", "train.max_steps=10"]
+    finish(torchrun("tests/dist_worker.py", str(tmp_path / "straight_dump"), *two_ranks,
                     f"output_dir={tmp_path / 'straight'}"))
     out = tmp_path / "run"
-    agent = torchrun("launch/train.py", *ddp, f"output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}")
+    agent = torchrun("launch/train.py", *two_ranks, f"output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}")
     wait_for_step(out, 3, agent)
     os.kill(rank_pid(agent, 1), signal.SIGTERM)
     log, _ = agent.communicate(timeout=300)
     assert agent.returncode != 0 and f"exitcode  : {REQUEUE_EXIT_CODE}" in log, log[-4000:]
     step = int(log.split("preempted at step ")[1].split(":")[0])
     assert (out / "checkpoints" / f"step_{step}" / "rng_state_rank1.pt").is_file()  # both ranks wrote it
-    finish(torchrun("tests/dist_worker.py", str(tmp_path / "dump"), *ddp, f"output_dir={out}", "resume=auto"))
+    finish(torchrun("tests/dist_worker.py", str(tmp_path / "dump"), *two_ranks, f"output_dir={out}", "resume=auto"))
     straight = [load_file(tmp_path / "straight_dump" / f"rank{r}.safetensors") for r in (0, 1)]
     resumed = [load_file(tmp_path / "dump" / f"rank{r}.safetensors") for r in (0, 1)]
     for weights in (*straight, resumed[1]):

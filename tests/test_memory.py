@@ -221,3 +221,8 @@ def test_estimate_is_within_15_percent_of_the_measured_peak(overrides, qwen2_05b
     del model, optimizer, params
     torch.cuda.empty_cache()
     assert estimate.peak == pytest.approx(measured, rel=0.15), format_table(estimate) + f"\nmeasured {measured / 2**30:.2f} GiB"
+
+
+@pytest.mark.parametrize("dist, stage", [("fsdp", 3), ("fsdp_grad_op", 2), ("zero2", 2), ("ddp", 0)])
+def test_fsdp_is_estimated_as_the_zero_stage_its_memory_matches(dist, stage):
+    assert Setup.from_config(compose(f"dist={dist}")).zero_stage == stage

@@ -27,6 +27,7 @@ STATE_FILE = "trainer_state.pt"
 # Prompt learning: peft's adapter file holds the encoder's output (all inference needs), not the
 # encoder (P-tuning's MLP, prefix tuning's projection) that resuming must continue training.
 ENCODER_FILE = "prompt_encoder.safetensors"
+DCP_DIR = "dcp"  # FSDP engines: every rank's shard of the trainable weights and optimizer state (torch DCP)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # While `commit` replaces a directory, the old one waits under this name (restored if the new one never lands).
 _BACKUP_DIR = re.compile(r"^\.step_(\d+)\.old$")
@@ -162,7 +163,8 @@ def latest_checkpoint(output_dir: Path, warn: Callable[[str], None] = print,
 def load_valid_state(directory: Path) -> dict[str, Any]:
     """The checkpoint's training state, after checking that every file it needs reads back:
     `trainer_state.pt` and the ranks' RNG files load (weights_only), every safetensors file's header
-    covers the file exactly, every JSON parses and DeepSpeed's shards are whole zip archives.
+    covers the file exactly, every JSON parses, DeepSpeed's shards are whole zip archives and DCP's
+    (FSDP) shards hold every byte their metadata points to.
     Raises `CorruptCheckpoint` naming the first bad file."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -189,12 +191,36 @@ def load_valid_state(directory: Path) -> dict[str, Any]:
             zipfile.ZipFile(path).close()
         except (OSError, zipfile.BadZipFile) as err:
             raise CorruptCheckpoint(f"{path}: unreadable DeepSpeed shard ({err})") from None
+    if (directory / DCP_DIR).is_dir():
+        check_dcp(directory / DCP_DIR)
     for path in sorted(directory.glob("rng_state_rank*.pt")):
         _load_pt(path)
     state = _load_pt(state_file)
     if not isinstance(state, dict) or "step" not in state:
         raise CorruptCheckpoint(f"{state_file}: not a training state (no 'step')")
     return state
+
+
+def check_dcp(directory: Path) -> None:
+    """A torch.distributed.checkpoint directory reads back: its `.metadata` loads, and every shard file
+    it names is at least as long as the last byte range read from it (a truncated or missing shard
+    fails here, not in the middle of a collective load)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        metadata = FileSystemReader(directory).read_metadata()
+    except Exception as err:  # missing or truncated pickle
+        raise CorruptCheckpoint(f"{directory / '.metadata'}: unreadable DCP metadata "
+                                f"({type(err).__name__}: {err})") from None
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        path = directory / name
+        have = path.stat().st_size if path.is_file() else -1
+        if have < size:
+            raise CorruptCheckpoint(f"{path}: truncated DCP shard ({'missing' if have < 0 else f'{have} bytes'}, "
+                                    f"its metadata reads up to byte {size})")
 
 
 def _load_pt(path: Path) -> Any:

@@ -86,10 +86,11 @@ class SweepConfig:
 @dataclass
 class DistConfig:
     name: str = "single"
-    engine: str = "torch"  # torch (one process; DDP when torchrun starts several) | deepspeed
+    engine: str = "torch"  # torch (one process; DDP when torchrun starts several) | deepspeed | fsdp (FSDP2)
     zero_stage: int = 0  # deepspeed: 1 optimizer states, 2 + gradients, 3 + parameters sharded
     offload_optimizer: bool = False  # deepspeed: optimizer states and step on the CPU
-    offload_params: bool = False  # deepspeed ZeRO-3: parameters on the CPU
+    offload_params: bool = False  # deepspeed ZeRO-3 or fsdp: parameters on the CPU (fsdp: gradients and optimizer too)
+    reshard_after_forward: bool = True  # fsdp: free gathered layer weights after the forward; False: keep them
     backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     timeout_minutes: float = 30  # a collective waiting longer than this fails the job (a dead rank)
     bucket_size: int = 200_000_000  # deepspeed reduce / all-gather bucket, in elements

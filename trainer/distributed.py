@@ -59,16 +59,28 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_minute
         torch.cuda.set_device(dev)
     if (world > 1 or always) and not dist.is_initialized():
         chosen = backend if backend != "auto" else ("nccl" if use_cuda else "gloo")
+        timeout = datetime.timedelta(minutes=timeout_minutes)
         # Without a launcher's environment: a group of one on a free local port (DeepSpeed reads LOCAL_RANK).
-        alone = {} if "RANK" in os.environ else {"init_method": f"tcp://127.0.0.1:{free_port()}", "rank": 0,
-                                                  "world_size": 1}
+        where = (elastic_attempt_store(rank, world, timeout) if "RANK" in os.environ
+                 else {"init_method": f"tcp://127.0.0.1:{free_port()}", "rank": 0, "world_size": 1})
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
-        dist.init_process_group(chosen, timeout=datetime.timedelta(minutes=timeout_minutes),
-                                device_id=dev if chosen == "nccl" else None, **alone)
+        dist.init_process_group(chosen, timeout=timeout, device_id=dev if chosen == "nccl" else None, **where)
         # One group for the life of the process: torchrun's store cannot host a second one, so
         # the jobs of a multirun share it and it is destroyed only at exit.
         atexit.register(shutdown_distributed)
     return DistContext(rank, local_rank, world, dev)
+
+
+def elastic_attempt_store(rank: int, world: int, timeout: datetime.timedelta) -> dict:
+    """Under torchrun, the agent's store with a prefix of its own per restart (`--max-restarts`); else {}
+    (env://). The agent keeps one store across restarts, and torch 2.13's env:// adds no prefix, so a
+    restarted group would read the previous attempt's gloo addresses and fail to connect."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"turnpack/attempt_{attempt}", agent), "rank": rank, "world_size": world}
 
 
 def broadcast_from_main(value: str) -> str:

@@ -1,10 +1,14 @@
-"""How a step's gradients are made and applied: one process, DDP, or DeepSpeed ZeRO 1/2/3.
+"""How a step's gradients are made and applied: one process, DDP, DeepSpeed ZeRO 1/2/3, or FSDP2.
 
 The loop owns the steps and calls the same few things whatever the engine: `model` (what
 the training forward runs on), `no_sync(last)`, `backward(loss, last)`, `step(skip)` (→ grad
 norm and whether the step was skipped as non-finite; `skip` is the loop's say on that),
 `lr()`, and `save`/`load`/`full_weights` for checkpoints. Data, loss normalisation, logging and
 the checkpoints' standard files stay in the loop.
+
+Every engine first prepares the model (wraps or shards it) and only then builds the optimizer and
+schedule, through the loop's `OptimizerFactory`, from the parameters it will step: an optimizer
+built before `fully_shard` holds the replaced unsharded tensors and silently trains nothing.
 """
 from __future__ import annotations
 
@@ -18,13 +22,16 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from omegaconf import DictConfig
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint
 from trainer.distributed import DistContext
 
-ENGINES = ("torch", "deepspeed")
+ENGINES = ("torch", "deepspeed", "fsdp")
 ZERO_STAGES = (1, 2, 3)
+# (module whose trainable parameters the optimizer steps) -> (optimizer, learning-rate schedule)
+OptimizerFactory = Callable[[torch.nn.Module], tuple[torch.optim.Optimizer, Any]]
 
 
 class Engine(Protocol):
@@ -47,14 +54,15 @@ class TorchEngine:
 
     lockstep = False
 
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 scaler: torch.amp.GradScaler, grad_clip: float, dist: DistContext):
-        self.module, self.optimizer, self.scheduler, self.scaler = module, optimizer, scheduler, scaler
+    def __init__(self, module: torch.nn.Module, make_optimizer: OptimizerFactory, scaler: torch.amp.GradScaler,
+                 grad_clip: float, dist: DistContext):
+        self.module, self.scaler = module, scaler
         self.grad_clip = grad_clip if grad_clip > 0 else float("inf")
         self.model = module
         if dist.world_size > 1:
             self.model = DistributedDataParallel(
                 module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        self.optimizer, self.scheduler = make_optimizer(module)
         self._params = [p for p in module.parameters() if p.requires_grad]
 
     def no_sync(self, last: bool) -> contextlib.AbstractContextManager:
@@ -76,7 +84,8 @@ class TorchEngine:
         is not reported as non-finite.
         """
         self.scaler.unscale_(self.optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
+        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # FSDP: summed over shards
         if skip(not math.isfinite(grad_norm) and not self.scaler.is_enabled()):
             self.scaler.update()  # ends the scaler's step (lowers the scale if it saw an overflow)
             self.optimizer.zero_grad(set_to_none=True)
@@ -188,14 +197,14 @@ class DeepSpeedEngine:
     again by the accumulation count (`scale_wrt_gas=False`).
     """
 
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 config: dict[str, Any]):
+    def __init__(self, module: torch.nn.Module, make_optimizer: OptimizerFactory, config: dict[str, Any]):
         import deepspeed
 
         deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-step INFO lines drown the progress bar
         # DeepSpeed still calls the collectives torch renamed; the warning is not the user's to act on.
         warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
         self.module = module
+        optimizer, scheduler = make_optimizer(module)  # under ZeRO-3 the parameters were loaded partitioned
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=config,
             model_parameters=[p for p in module.parameters() if p.requires_grad])
@@ -263,24 +272,154 @@ class DeepSpeedEngine:
             yield self.model._zero3_consolidated_16bit_state_dict()
 
 
-def check_engine(cfg: DictConfig, quantized: bool) -> None:
+def parallelize(module: torch.nn.Module, dist: DistContext, reshard_after_forward: bool, offload_params: bool,
+                param_dtype: torch.dtype | None) -> torch.nn.Module:
+    """FSDP2 in one place: `fully_shard` each decoder layer (its own all-gather and reduce-scatter
+    unit), then the root, which takes the rest: embeddings, final norm and the output head, so a tied
+    head shares its group with the embedding it is tied to. Activation checkpointing and
+    `train.compile` are already in the layers (the loop applies both before the engine).
+
+    The root keeps its parameters gathered after the forward (`reshard_after_forward=False`): the
+    chunked loss calls the head after the model's forward, outside FSDP's hooks. `param_dtype`
+    (bf16) is the compute dtype; gradients are reduced in fp32 and the sharded weights, which the
+    optimizer steps, keep the dtype the model was loaded in.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    from models.compile import decoder_layers
+
+    mesh = init_device_mesh(dist.device.type, (dist.world_size,))
+    policies = {"mesh": mesh,
+                "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype,
+                                                  reduce_dtype=torch.float32 if param_dtype else None),
+                "offload_policy": CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload_params
+                else OffloadPolicy()}
+    for layer in decoder_layers(module, setting="dist.engine=fsdp"):
+        fully_shard(layer, reshard_after_forward=reshard_after_forward, **policies)
+    return fully_shard(module, reshard_after_forward=False, **policies)
+
+
+class FsdpEngine(TorchEngine):
+    """FSDP2 (`fully_shard`): weights, gradients and optimizer state sharded over the ranks.
+
+    The step is TorchEngine's (clip over the sharded gradients, step, schedule) with loss scaling
+    off. Gradients are reduce-scattered after every micro-batch: each rank accumulates only its
+    shard, where skipping the sync would keep whole unsharded gradients. Every forward gathers
+    weights from all ranks, so the ranks run the same number of them (`lockstep`).
+    Checkpoints go through torch.distributed.checkpoint (DCP): each rank writes its shard of the
+    trainable weights and optimizer state, and any number of processes reads them back.
+    """
+
+    lockstep = True
+
+    def __init__(self, module: torch.nn.Module, make_optimizer: OptimizerFactory, grad_clip: float,
+                 dist: DistContext, reshard_after_forward: bool, offload_params: bool,
+                 param_dtype: torch.dtype | None):
+        self.module = self.model = parallelize(module, dist, reshard_after_forward, offload_params, param_dtype)
+        self.scaler = torch.amp.GradScaler(dist.device.type, enabled=False)
+        self.grad_clip = grad_clip if grad_clip > 0 else float("inf")
+        self.optimizer, self.scheduler = make_optimizer(self.module)  # from the sharded parameters
+        self._params = [p for p in self.module.parameters() if p.requires_grad]
+        # named_parameters lists a tied head once, under the embedding's name; frozen weights never.
+        self._trainable = {name for name, p in self.module.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule (the same on every rank); weights and optimizer state are sharded (see `save`)."""
+        return {"scheduler": self.scheduler.state_dict()}
+
+    def _sharded_state(self) -> dict[str, Any]:
+        """What DCP saves and loads: the trainable weights (get_model_state_dict also returns a tied
+        frozen head, dropped here) and the optimizer state, as this rank's shards keyed by name."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        weights, optimizer = get_state_dict(self.module, self.optimizer,
+                                            options=StateDictOptions(ignore_frozen_params=True))
+        return {"model": {k: v for k, v in weights.items() if k in self._trainable}, "optimizer": optimizer}
+
+    def save(self, directory: Path) -> None:
+        """Collective: every rank writes its shards into `directory/dcp`."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._sharded_state(), checkpoint_id=directory / checkpoint.DCP_DIR)
+
+    def load(self, directory: Path, state: dict[str, Any]) -> None:
+        """Collective: DCP reads the shards this rank now owns, whatever the number of processes that
+        wrote them."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        if not (directory / checkpoint.DCP_DIR).is_dir():
+            raise FileNotFoundError(f"resume={directory}: no {checkpoint.DCP_DIR}/ (not written by dist.engine=fsdp)")
+        sharded = self._sharded_state()
+        dcp.load(sharded, checkpoint_id=directory / checkpoint.DCP_DIR)
+        set_state_dict(self.module, self.optimizer, model_state_dict=sharded["model"],
+                       optim_state_dict=sharded["optimizer"], options=StateDictOptions(strict=False))
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    @contextlib.contextmanager
+    def full_weights(self) -> Iterator[dict[str, torch.Tensor] | None]:
+        """The trainable weights gathered whole from every rank's shard (collective), on rank 0's CPU;
+        other ranks get an empty dict. Not peft's or transformers' own saving, which see only a
+        rank's shards (and would write rank 0's slice of every adapter)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        weights = get_model_state_dict(self.module, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+        yield {k: v for k, v in weights.items() if k in self._trainable}
+
+
+def local_shard(param: torch.Tensor) -> torch.Tensor:
+    """The part of a parameter this rank holds: its FSDP or ZeRO-3 shard, else the whole tensor."""
+    if isinstance(param, DTensor):
+        return param.to_local()
+    return getattr(param, "ds_tensor", param)
+
+
+def check_engine(cfg: DictConfig, quantized: bool, prompt_learning: bool) -> None:
     """Refuse, before any work, what an engine cannot do."""
     if cfg.dist.engine not in ENGINES:
         raise ValueError(f"dist.engine={cfg.dist.engine!r}; allowed: {list(ENGINES)}")
-    if zero_stage(cfg) != 3:
-        return
-    if quantized:
+    if cfg.dist.engine == "fsdp":
+        check_fsdp(cfg, quantized, prompt_learning)
+    elif zero_stage(cfg) == 3 and quantized:
         raise ValueError(f"dist={cfg.dist.name} with peft=qlora: ZeRO-3 cannot partition bitsandbytes 4-bit "
                          "weights in this trainer; use dist=zero2 or dist=ddp (4-bit weights are small anyway)")
-    if cfg.data.dev and cfg.train.eval_generate_every > 0:
+    sharded = "FSDP" if cfg.dist.engine == "fsdp" else "ZeRO-3" if zero_stage(cfg) == 3 else None
+    if sharded and cfg.data.dev and cfg.train.eval_generate_every > 0:
         raise ValueError(f"train.eval_generate_every={cfg.train.eval_generate_every} with dist={cfg.dist.name}: "
-                         "generation during ZeRO-3 training is not supported (ranks would generate different "
-                         "lengths in lock step); set it to 0 and score a checkpoint with launch/evaluate.py")
+                         f"generation during {sharded} training is not supported (every forward gathers weights "
+                         "from all ranks, which would generate different lengths in lock step); set it to 0 and "
+                         "score a checkpoint with launch/evaluate.py")
 
 
-def build_engine(cfg: DictConfig, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+def check_fsdp(cfg: DictConfig, quantized: bool, prompt_learning: bool) -> None:
+    """What FSDP2 cannot shard here, each refused with the alternative."""
+    name = f"dist={cfg.dist.name}"
+    if quantized:
+        raise ValueError(f"{name} with peft=qlora: FSDP cannot shard bitsandbytes 4-bit weights in this trainer; "
+                         "use dist=ddp (4-bit weights are small anyway) or peft=lora")
+    if prompt_learning:
+        raise ValueError(f"{name} with peft={cfg.peft.method}: the prompt encoder is saved unsharded in this "
+                         "trainer; use dist=ddp or peft=lora")
+    if cfg.optim.name != "adamw":
+        raise ValueError(f"{name} with optim.name={cfg.optim.name}: bitsandbytes optimizers cannot step FSDP's "
+                         "sharded parameters (DTensors); use optim=adamw (its state is sharded anyway)")
+    if cfg.train.precision == "fp16":
+        raise ValueError(f"{name} with train.precision=fp16: fp16 loss scaling is not supported under FSDP "
+                         "here; use train.precision=bf16")
+    if cfg.dist.offload_optimizer:
+        raise ValueError(f"{name} with dist.offload_optimizer=true: FSDP offloads parameters, gradients and "
+                         "optimizer state together; use dist.offload_params=true")
+
+
+def build_engine(cfg: DictConfig, module: torch.nn.Module, make_optimizer: OptimizerFactory,
                  scaler: torch.amp.GradScaler, autocast_dtype: torch.dtype | None, dist: DistContext) -> Engine:
-    """`dist.engine`: torch (one process, or DDP under torchrun) or deepspeed (ZeRO `dist.zero_stage`)."""
+    """`dist.engine`: torch (one process, or DDP under torchrun), deepspeed (ZeRO `dist.zero_stage`) or fsdp
+    (FSDP2, `dist.reshard_after_forward`). The engine prepares `module`, then builds the optimizer."""
     if cfg.dist.engine == "torch":
-        return TorchEngine(module, optimizer, scheduler, scaler, cfg.train.grad_clip, dist)
-    return DeepSpeedEngine(module, optimizer, scheduler, deepspeed_config(cfg, dist.world_size, autocast_dtype))
+        return TorchEngine(module, make_optimizer, scaler, cfg.train.grad_clip, dist)
+    if cfg.dist.engine == "fsdp":
+        return FsdpEngine(module, make_optimizer, cfg.train.grad_clip, dist, cfg.dist.reshard_after_forward,
+                          cfg.dist.offload_params, autocast_dtype)
+    return DeepSpeedEngine(module, make_optimizer, deepspeed_config(cfg, dist.world_size, autocast_dtype))

@@ -13,7 +13,10 @@ from types import FrameType
 REQUEUE_EXIT_CODE = 75
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Test-only: "<kind>@step=<n>[,rank=<r>]" makes optimizer step <n> (on rank <r>, else every rank) fail on
-# purpose. Kinds: `raise` (an exception, as a crashing rank) and `nan_loss` (this rank reports a NaN loss).
+# purpose. Kinds: `raise` (an exception, as a crashing rank), `nan_loss` (this rank reports a NaN loss) and
+# `kill_in_save` (SIGKILL once the engine wrote its shards of step <n>'s checkpoint, before the commit). A fault
+# fires only in torchrun's first attempt (TORCHELASTIC_RESTART_COUNT unset or 0), so a group that
+# `--max-restarts` restarted resumes and finishes instead of failing at the same step again.
 FAULT_INJECT_ENV = "TURNPACK_FAULT_INJECT"
 
 
@@ -61,7 +64,7 @@ class PreemptionFlag:
 def injected(kind: str, step: int, rank: int) -> bool:
     """Whether `$TURNPACK_FAULT_INJECT` asks for fault `kind` at optimizer step `step` on `rank`."""
     spec = os.environ.get(FAULT_INJECT_ENV)
-    if not spec:
+    if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
         return False
     name, _, where = spec.partition("@")
     fields = dict(item.split("=", 1) for item in where.split(",") if "=" in item)

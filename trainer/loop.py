@@ -1,17 +1,19 @@
 """The training loop: packed, loss-masked micro-batches → token-weighted optimizer steps.
 
-Read top to bottom: `Trainer.__init__` builds data, model and optimizer; `train` repeats
-`forward_backward` over the step's micro-batches, `optimizer_step`, then `maybe_log`,
-`maybe_evaluate` and `maybe_checkpoint`. Faults are handled in those steps: `optimizer_step` skips a
-non-finite step and agrees with the other ranks on it and on a preemption signal; `maybe_checkpoint`
-then checkpoints and stops (trainer/faults.py).
+Read top to bottom: `Trainer.__init__` builds data, model and engine (which prepares the model, then builds
+the optimizer through `build_optimizer`); `train` repeats `forward_backward` over the step's micro-batches,
+`optimizer_step`, then `maybe_log`, `maybe_evaluate` and `maybe_checkpoint`. Faults are handled in those
+steps: `optimizer_step` skips a non-finite step and agrees with the other ranks on it and on a preemption
+signal; `maybe_checkpoint` then checkpoints and stops (trainer/faults.py).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
+import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,7 +38,7 @@ from models.compile import compile_decoder_layers
 from models.loading import enable_activation_checkpointing, load_model, load_tokenizer, resolve_model_path, torch_dtype
 from trainer import checkpoint, faults
 from trainer.distributed import DistContext, init_distributed
-from trainer.engines import Engine, build_engine, check_engine, partitioned_loading
+from trainer.engines import Engine, build_engine, check_engine, local_shard, partitioned_loading
 from trainer.flops import document_lengths, model_flops, peak_flops
 from trainer.metrics import open_logger
 from trainer.optim import build_optimizer
@@ -67,7 +69,7 @@ class Trainer:
         t = cfg.train
         # An unknown peft method or engine, or a combination that cannot train, fails before any work.
         self.method = peft_method(cfg.peft, t.grad_ckpt)
-        check_engine(cfg, self.method.quantized)
+        check_engine(cfg, self.method.quantized, prompt_learning=not self.method.packs)
         if t.compile and cfg.dist.engine == "deepspeed":
             raise ValueError("train.compile=true is not supported with DeepSpeed engines (dist.engine=deepspeed); "
                              "use dist=single or dist=ddp, or train.compile=false")
@@ -75,9 +77,9 @@ class Trainer:
             raise ValueError("train.compile=true does not combine with train.grad_ckpt=true: torch.utils.checkpoint "
                              "runs its function with TorchDynamo disabled, so the layers would not be compiled; "
                              "set one of them to false")
-        # DeepSpeed wants a process group even for one process.
+        # DeepSpeed and FSDP want a process group even for one process.
         self.dist = dist or init_distributed(t.device, cfg.dist.backend, cfg.dist.timeout_minutes,
-                                             always=cfg.dist.engine == "deepspeed")
+                                             always=cfg.dist.engine in ("deepspeed", "fsdp"))
         self.device = self.dist.device
         self.output_dir = Path(cfg.output_dir)
         seed_everything(t.seed)
@@ -113,24 +115,21 @@ class Trainer:
             enable_activation_checkpointing(model)
         self.model = apply_peft(model, cfg.peft, cfg.model).to(self.device)
         self.model.train()
-        # Regional compilation (models/compile.py): the layers in place, before DDP wraps the model.
+        # Regional compilation (models/compile.py): the layers in place, before DDP wraps or FSDP shards them.
         self.compiled = compile_decoder_layers(self.model) if t.compile else None
         # fp16 loss scaling: ours for torch engines, DeepSpeed's own under DeepSpeed.
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16
                                       and cfg.dist.engine == "torch")
-        optimizer = build_optimizer(self.model, cfg.optim, self.device)
-        warmup = cfg.sched.warmup_steps or math.ceil(cfg.sched.warmup_ratio * self.max_steps)
         if cfg.sched.name not in SCHEDULES:
             raise ValueError(f"sched.name={cfg.sched.name!r}; allowed: {list(SCHEDULES)}")
-        scheduler = get_scheduler(SCHEDULES[cfg.sched.name], optimizer, num_warmup_steps=warmup,
-                                  num_training_steps=self.max_steps)
-        # Counted before ZeRO-3 partitions the parameters (a partitioned parameter holds none locally).
+        # Counted before ZeRO-3 or FSDP shard the parameters (a shard holds only part of one).
         self.flops = model_flops(self.model, t.grad_ckpt)
         self.peak_flops = peak_flops(cfg.perf.peak_tflops, self.device, self.autocast_dtype or self.model.dtype)
         trainable, total = count_parameters(self.model)
         self.parameter_report = describe_parameters(self.model)
-        # What runs the backward and the step: one process, DDP, or DeepSpeed ZeRO (trainer/engines.py).
-        self.engine: Engine = build_engine(cfg, self.model, optimizer, scheduler, scaler, self.autocast_dtype,
+        # What runs the backward and the step: one process, DDP, DeepSpeed ZeRO or FSDP (trainer/engines.py).
+        # It wraps or shards the model first, then builds the optimizer from the parameters it steps.
+        self.engine: Engine = build_engine(cfg, self.model, self.build_optimizer, scaler, self.autocast_dtype,
                                            self.dist)
         self.step, self.tokens_seen = 0, 0
         self.skipped_steps, self.bad_streak = 0, 0  # non-finite steps: in all, and in a row now
@@ -142,6 +141,15 @@ class Trainer:
                                   {"params": {"trainable": trainable, "total": total}, "batch": self.global_batch()})
         self._window = self._empty_window()
         self.maybe_resume(resume_point)
+
+    def build_optimizer(self, module: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        """The optimizer over `module`'s trainable parameters and its warmup + decay schedule; the
+        engine calls it once it has prepared (wrapped or sharded) the module."""
+        optimizer = build_optimizer(module, self.cfg.optim, self.device)
+        sched = self.cfg.sched
+        warmup = sched.warmup_steps or math.ceil(sched.warmup_ratio * self.max_steps)
+        return optimizer, get_scheduler(SCHEDULES[sched.name], optimizer, num_warmup_steps=warmup,
+                                        num_training_steps=self.max_steps)
 
     # ------------------------------------------------------------------ steps
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -404,6 +412,7 @@ class Trainer:
     def training_state(self) -> dict[str, Any]:
         """Rank 0's view of the run: the same on every rank except the RNG (see `save`)."""
         return {"step": self.step, "tokens_seen": self.tokens_seen, "world_size": self.dist.world_size,
+                "engine": self.cfg.dist.engine,
                 "skipped_steps": self.skipped_steps, "bad_streak": self.bad_streak,
                 **self.engine.state_dict(), "rng": checkpoint.rng_state(),
                 "data": {"seed": self.cfg.train.seed, "step": self.step,
@@ -431,7 +440,7 @@ class Trainer:
 
     def check_finite_weights(self, directory: Path) -> None:
         """Refuse to write non-finite weights (every rank checks what it holds; they agree)."""
-        local = [getattr(p, "ds_tensor", p) for p in self.model.parameters() if p.requires_grad]
+        local = [local_shard(p) for p in self.model.parameters() if p.requires_grad]
         bad = sum(int(not torch.isfinite(p.detach()).all()) for p in local)
         if self.dist.all_reduce_sum(torch.tensor(float(bad))).item() > 0:
             raise faults.Diverged(f"step {self.step}: the weights are not finite; not writing {directory}")
@@ -448,6 +457,8 @@ class Trainer:
         self.dist.barrier()
         if state is not None:
             self.engine.save(tmp)
+            if faults.injected("kill_in_save", self.step, self.dist.rank):
+                os.kill(os.getpid(), signal.SIGKILL)
             if not self.dist.is_main:
                 torch.save(checkpoint.rng_state(), checkpoint.rank_rng_file(tmp, self.dist.rank))
         with self.engine.full_weights() as weights:
@@ -461,20 +472,28 @@ class Trainer:
 
     def find_resume_point(self) -> tuple[Path, dict[str, Any]] | None:
         """Before the model loads: `resume=auto` takes the newest checkpoint that reads back (one
-        warning per one skipped, naming the file); a `resume=<dir>` that does not read back fails."""
+        warning per one skipped, naming the file); a `resume=<dir>` that does not read back, or that
+        another `dist.engine` wrote, fails."""
         resume = self.cfg.resume
         if not resume:
             return None
         if resume != "auto":
             try:
-                return Path(resume), checkpoint.load_valid_state(Path(resume))
+                found = Path(resume), checkpoint.load_valid_state(Path(resume))
             except checkpoint.CorruptCheckpoint as err:
                 raise checkpoint.CorruptCheckpoint(f"resume={resume}: {err}") from None
-        warn = tqdm.write if self.dist.is_main else (lambda line: None)
-        found = checkpoint.latest_checkpoint(self.output_dir, warn, remove_unfinished=self.dist.is_main)
-        self.dist.barrier()  # rank 0 removes unfinished writes before anyone saves again
-        if found is None:
-            warn(f"resume=auto: no checkpoint in {self.output_dir / 'checkpoints'}; starting fresh")
+        else:
+            warn = tqdm.write if self.dist.is_main else (lambda line: None)
+            found = checkpoint.latest_checkpoint(self.output_dir, warn, remove_unfinished=self.dist.is_main)
+            self.dist.barrier()  # rank 0 removes unfinished writes before anyone saves again
+            if found is None:
+                warn(f"resume=auto: no checkpoint in {self.output_dir / 'checkpoints'}; starting fresh")
+                return None
+        directory, state = found
+        if state.get("engine", self.cfg.dist.engine) != self.cfg.dist.engine:
+            raise ValueError(f"resume={directory}: written with dist.engine={state['engine']}, resumed with "
+                             f"dist.engine={self.cfg.dist.engine}; their optimizer states differ, resume with "
+                             f"dist.engine={state['engine']}")
         return found
 
     def maybe_resume(self, found: tuple[Path, dict[str, Any]] | None) -> None:
