@@ -21,10 +21,9 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint
+from trainer.config import ENGINES, ZERO_STAGES
 from trainer.distributed import DistContext
 
-ENGINES = ("torch", "deepspeed")
-ZERO_STAGES = (1, 2, 3)
 
 
 class Engine(Protocol):
