@@ -40,6 +40,7 @@ TRAIN_ROWS = [
     ("train.grad_clip=-1", "train.grad_clip"),
     ("train.sqe_len=5", "train.sqe_len"),  # a typo: Hydra's schema error, in our one line
     ("train.seq_len=abc", "train.seq_len"),
+    ("optim.name=sgd", "optim.name"),
     ("optim.betas=[0.9]", "optim.betas"),  # once an IndexError
     ("optim.betas=[0.9,1.5]", "optim.betas"),
     ("optim.lr=0", "optim.lr"),
@@ -177,7 +178,7 @@ def test_warnings_name_what_may_be_meant():
 
 
 def test_a_model_directory_without_a_model_says_what_it_looked_for(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"model\.path=.*: holds no model \(looked for config\.json in "):
+    with pytest.raises(FileNotFoundError, match=r"model\.path=.*: holds no model \(looked for config\.json there\)"):
         validate_run(compose(f"model.path={tmp_path}"))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 64}))
     with pytest.raises(FileNotFoundError, match=r"has no tokenizer \(looked for tokenizer\.json, tokenizer_config"):
@@ -230,8 +231,10 @@ def test_the_bitsandbytes_hub_probe_is_quiet_and_other_warnings_pass(monkeypatch
 def test_allowed_sets_match_what_the_code_accepts():
     from models.adapters import PEFT_METHODS
     from models.config import PEFT_METHOD_NAMES
+    from trainer.config import OPTIMIZER_NAMES
+    from trainer.optim import OPTIMIZERS
 
-    assert tuple(PEFT_METHODS) == PEFT_METHOD_NAMES
+    assert tuple(PEFT_METHODS) == PEFT_METHOD_NAMES and tuple(OPTIMIZERS) == OPTIMIZER_NAMES
 
 
 # The real entry points: exit status 2, one line, no traceback, nothing written, and the check runs

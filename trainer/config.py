@@ -12,7 +12,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from data.config import DataConfig
-from data.rules import above, at_least, between, existing_dir, existing_file, one_of, pair_between, positive_int
+from data.rules import (above, at_least, between, existing_dir, existing_file, non_negative_int, one_of, pair_between,
+                        positive_int)
 from eval.config import LOSS_IMPLS, ChatConfig, EvalConfig
 from models.config import ModelConfig, PeftConfig
 
@@ -23,6 +24,7 @@ ENGINES = ("torch", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
 LOGGER_BACKENDS = ("stdout", "wandb")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+OPTIMIZER_NAMES = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")  # trainer/optim.py OPTIMIZERS
 
 
 @dataclass
@@ -34,26 +36,26 @@ class TrainConfig:
     max_steps: int = field(default=-1, metadata=positive_int(also=[-1]))
     epochs: float = field(default=1.0, metadata=above(0))  # with max_steps=-1
     # steps between dev evaluations; 0: only at the end
-    eval_every: int = field(default=0, metadata=at_least(0, unit="an integer"))
+    eval_every: int = field(default=0, metadata=non_negative_int())
     # steps between checkpoints; 0: only final/
-    save_every: int = field(default=0, metadata=at_least(0, unit="an integer"))
+    save_every: int = field(default=0, metadata=non_negative_int())
     # also checkpoint when this much wall-clock time passed since the last; 0: off
     save_every_minutes: float = field(default=0, metadata=at_least(0))
     # keep only the newest N step_* checkpoints (and the one resumed from); 0: all
-    keep_last: int = field(default=0, metadata=at_least(0, unit="an integer"))
+    keep_last: int = field(default=0, metadata=non_negative_int())
     # stop after this many consecutive non-finite (skipped) steps; 0: never stop
-    max_bad_steps: int = field(default=5, metadata=at_least(0, unit="an integer"))
+    max_bad_steps: int = field(default=5, metadata=non_negative_int())
     log_every: int = field(default=1, metadata=positive_int())
-    seed: int = field(default=42, metadata=at_least(0, unit="an integer"))
+    seed: int = field(default=42, metadata=non_negative_int())
     grad_clip: float = field(default=1.0, metadata=at_least(0))  # max global grad norm; 0 disables clipping
     # auto (bf16 autocast where supported, else fp32) | bf16 | fp16 | fp32
     precision: str = field(default="auto", metadata=one_of(*PRECISIONS))
     grad_ckpt: bool = False  # gradient checkpointing
     device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))  # auto | cpu | cuda
     # dev micro-batches per evaluation; 0: the whole dev split
-    eval_batches: int = field(default=0, metadata=at_least(0, unit="an integer"))
+    eval_batches: int = field(default=0, metadata=non_negative_int())
     # steps between slot-F1/BLEU evals on eval.subset dev turns; 0: never
-    eval_generate_every: int = field(default=0, metadata=at_least(0, unit="an integer"))
+    eval_generate_every: int = field(default=0, metadata=non_negative_int())
     # chunked (head + cross-entropy on trained tokens, in chunks) | full | liger (CUDA)
     loss_impl: str = field(default="chunked", metadata=one_of(*LOSS_IMPLS))
     # trained tokens per head chunk (loss_impl=chunked): memory O(chunk × vocab)
@@ -63,7 +65,7 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
+    name: str = field(default="adamw", metadata=one_of(*OPTIMIZER_NAMES))
     lr: float = field(default=2e-4, metadata=above(0))
     weight_decay: float = field(default=0.0, metadata=at_least(0))
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=pair_between(0, 1))
@@ -74,7 +76,7 @@ class OptimConfig:
 class SchedConfig:
     # cosine | linear | constant (all with linear warmup)
     name: str = field(default="cosine", metadata=one_of(*SCHEDULES))
-    warmup_steps: int = field(default=0, metadata=at_least(0, unit="an integer"))
+    warmup_steps: int = field(default=0, metadata=non_negative_int())
     warmup_ratio: float = field(default=0.0, metadata=between(0, 1))  # used when warmup_steps is 0
 
 
