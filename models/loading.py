@@ -54,9 +54,6 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         return str(smollm2_dir())
     expanded = Path(os.path.expanduser(path))
     if expanded.is_dir():
-        if not (expanded / "config.json").is_file():
-            raise FileNotFoundError(f"model.path={path}: holds no model (looked for config.json in "
-                                    f"{expanded.resolve()}); allowed: a model directory, a hub id, {TINY!r} or {SMOLLM2!r}")
         return str(expanded.resolve())
     if _looks_local(path):
         what = "is not a directory" if expanded.exists() else "does not exist"
@@ -77,6 +74,14 @@ def load_tokenizer(cfg: ModelConfig):
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def check_model_files(path: str) -> None:
+    """A local directory to train or evaluate must hold a model: config.json and a tokenizer."""
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"model.path={path}: holds no model (looked for config.json there); "
+                                f"allowed: a model directory, a hub id, {TINY!r} or {SMOLLM2!r}")
+    check_tokenizer_files(path)
 
 
 def check_tokenizer_files(path: str) -> None:

@@ -42,7 +42,7 @@ def _check_model(cfg: DictConfig) -> None:
     """`model.path` holds a model, and a LoRA rank is not above the model's hidden size (more adds
     parameters but no rank). Checked where the model's config is at hand without work: the embedded
     tiny model, a local directory's (or cached hub model's) config.json; a GGUF file needs converting first."""
-    from models.loading import check_tokenizer_files, resolve_model_path  # torch: imported only when needed
+    from models.loading import check_model_files, resolve_model_path  # torch: imported only when needed
 
     model = cfg.model
     if model.gguf_file or model.path == SMOLLM2:
@@ -55,7 +55,7 @@ def _check_model(cfg: DictConfig) -> None:
         from transformers import AutoConfig
 
         path = resolve_model_path(model)  # a local path that holds no model fails here, naming what it looked for
-        check_tokenizer_files(path)
+        check_model_files(path)
         try:
             config = AutoConfig.from_pretrained(path, revision=model.revision,
                                                 trust_remote_code=model.trust_remote_code, local_files_only=True)
