@@ -67,13 +67,15 @@ class Trainer:
         self.cfg = cfg
         t = cfg.train
         # A value outside its range, or a combination that cannot train, fails before any work (trainer/validate.py).
-        for warning in validate_run(cfg, cli_overrides()):
-            tqdm.write(f"warning: {warning}", file=sys.stderr)
+        config_warnings = validate_run(cfg, cli_overrides())
         self.method = peft_method(cfg.peft, t.grad_ckpt)
         # DeepSpeed wants a process group even for one process.
         self.dist = dist or init_distributed(t.device, cfg.dist.backend, cfg.dist.timeout_minutes,
                                              always=cfg.dist.engine == "deepspeed")
         self.device = self.dist.device
+        if self.dist.is_main:
+            for warning in config_warnings:
+                tqdm.write(f"warning: {warning}", file=sys.stderr)
         self.output_dir = Path(cfg.output_dir)
         seed_everything(t.seed)
 
