@@ -62,6 +62,10 @@ def positive_int(*, also: Sequence[Any] = ()) -> dict[str, Rule]:
     return at_least(1, also=also, unit="an integer")
 
 
+def non_negative_int() -> dict[str, Rule]:
+    return at_least(0, unit="an integer")
+
+
 def above(low: float) -> dict[str, Rule]:
     return _rule(lambda v: _number(v) and v > low, "out of range", f"a number > {low}")
 
@@ -71,7 +75,8 @@ def between(low: float, high: float, *, low_open: bool = False, high_open: bool 
     def holds(v: Any) -> bool:
         return _number(v) and (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
 
-    return _rule(holds, "out of range", f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return _rule(holds, "out of range", f"a number in {interval}")
 
 
 def pair_between(low: float, high: float) -> dict[str, Rule]:

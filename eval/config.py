@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from data.rules import above, at_least, between, existing_file, one_of, positive_int
+from data.rules import above, between, existing_file, non_negative_int, one_of, positive_int
 
 EVALUATIONS = ("hotel", "truthfulqa", "loss")
 LOSS_IMPLS = ("chunked", "full", "liger")  # train.loss_impl: see eval/loss.py
@@ -23,7 +23,7 @@ class EvalConfig:
     temperature: float = field(default=1.0, metadata=above(0))  # with do_sample
     top_p: float = field(default=1.0, metadata=between(0, 1, low_open=True))  # with do_sample
     # first N turns (TruthfulQA: questions); 0 = all. In training: dev turns per generation eval
-    subset: int = field(default=0, metadata=at_least(0, unit="an integer"))
+    subset: int = field(default=0, metadata=non_negative_int())
     # re-score this predictions.jsonl; no model is loaded
     predictions: Optional[str] = field(default=None, metadata=existing_file())
     compare_base: bool = False  # also write compare.md: base vs tuned replies on the first compare_n turns
@@ -40,4 +40,4 @@ class ChatConfig:
     # what search_hotels queries
     db: str = field(default="${project_root:}/data/assets/hotel/hotel_db.json", metadata=existing_file())
     # function calls the model may make before it must answer one user line
-    max_calls: int = field(default=3, metadata=at_least(0, unit="an integer"))
+    max_calls: int = field(default=3, metadata=non_negative_int())
