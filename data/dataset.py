@@ -15,9 +15,9 @@ import pyarrow.compute as pc
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from data.config import DataConfig
+from data.config import MULTI_TURN, OVERLONG, DataConfig
 from data.conversation import TRAINABLE_KINDS
-from data.encoding import MULTI_TURN, OVERLONG, encode_conversation
+from data.encoding import encode_conversation
 from data.errors import DataError
 from data.formats import iter_conversations
 from data.packing import PackingStats, build_row, pack_documents
@@ -144,10 +144,14 @@ def _encoded(path: str, cfg: DataConfig, template: ChatTemplate, tokenizer: PreT
 
 def _encode_into(staging: Path, key: str, path: str, cfg: DataConfig, tools: list[dict], template: ChatTemplate,
                  tokenizer: PreTrainedTokenizerBase, max_len: int) -> None:
+    read_any = False
+
     def conversations() -> Iterator[dict]:
+        nonlocal read_any
         for dialogue, conv in enumerate(iter_conversations(path, cfg.format, tools=tools, system=cfg.system,
                                                            columns=dict(cfg.columns),
                                                            filter_column=cfg.filter_column)):
+            read_any = True
             yield {"conversation": pickle.dumps(conv), "dialogue": dialogue}
 
     # Read and validated in this process, in file order, so the first bad record is the one reported.
@@ -157,6 +161,11 @@ def _encode_into(staging: Path, key: str, path: str, cfg: DataConfig, tools: lis
                                                                           "dialogue": datasets.Value("int64")}))
     except datasets.exceptions.DatasetGenerationError as err:  # wraps what the reader raised
         raise (err.__cause__ or err) from None
+    except ValueError:  # datasets' own word for a generator that yielded nothing: "corresponds to no data"
+        if read_any:
+            raise
+    if not read_any:
+        raise DataError(path, None, None, _why_empty(path, cfg))
     num_proc = cfg.num_proc or ((os.cpu_count() or 1) if len(read) >= PARALLEL_FROM else 1)
     encoded = read.map(
         _encode_batch, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
@@ -173,6 +182,14 @@ def _encode_into(staging: Path, key: str, path: str, cfg: DataConfig, tools: lis
         raise DataError(*json.loads(encoded[errors[0]]["error"]))
     del read, encoded  # close the memory maps before the staging directory moves
     shutil.rmtree(staging / "read")
+
+
+def _why_empty(path: str, cfg: DataConfig) -> str:
+    if not Path(path).read_text(encoding="utf-8", errors="replace").strip():
+        return "the file is empty (no dialogues)"
+    if cfg.filter_column:
+        return f"no row passes data.filter_column={cfg.filter_column} (none has a true value there)"
+    return "no dialogues in the file"
 
 
 def _encode_batch(batch: dict[str, list], template: ChatTemplate, tokenizer: PreTrainedTokenizerBase,

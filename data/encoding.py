@@ -15,12 +15,10 @@ from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from data.config import MULTI_TURN
 from data.conversation import TRAINABLE_KINDS, Conversation, Message
 from data.errors import DataError
 from data.templates import ChatTemplate, NotPrefixStable, Piece
-
-OVERLONG = ("truncate", "drop", "error")
-MULTI_TURN = ("one_pass", "per_turn")
 
 
 @dataclass

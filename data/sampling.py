@@ -12,6 +12,9 @@ import torch
 class StepSampler:
     def __init__(self, num_rows: int, batch_size: int, grad_accum: int, world_size: int = 1,
                  rank: int = 0, seed: int = 0):
+        if min(batch_size, grad_accum, world_size) < 1:
+            raise ValueError(f"train.batch_size={batch_size}, train.grad_accum={grad_accum} and world size "
+                             f"{world_size} must each be at least 1")
         self.rows_per_step = batch_size * grad_accum * world_size
         if num_rows < self.rows_per_step:
             raise ValueError(f"the training data packs into {num_rows} rows but one optimizer step needs "

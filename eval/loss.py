@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from data.packing import IGNORE_INDEX
-
+from eval.config import LOSS_IMPLS
 
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")  # whichever of these the batch carries
-LOSS_IMPLS = ("chunked", "full", "liger")
 DEFAULT_CHUNK = 1024  # trained tokens per head chunk: 1024 × 152k vocab × 4 B = 0.6 GiB of fp32 logits
 
 

@@ -17,6 +17,8 @@ import hydra
 from _bootstrap import CONFIG_PATH
 from omegaconf import DictConfig
 
+from data.rules import check_config
+from eval.cli import check_command_line
 from models.memory import Setup, estimate_memory, format_table, load_model_config
 
 # An estimate needs no Hydra run directory, saved config or log file.
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--master-weights", action="store_true")
     args, overrides = parser.parse_known_args()
+    check_command_line(CONFIG_PATH, "train", overrides, lambda cfg, _: check_config(cfg))
     sys.argv = [sys.argv[0], *overrides, *_WRITE_NOTHING]
     options = {k: v for k, v in vars(args).items() if v is not None}
 

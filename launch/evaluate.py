@@ -3,19 +3,26 @@
 Re-score a predictions file without a model: `python launch/evaluate.py eval.predictions=<file>`.
 Results go to `<checkpoint>/eval/<name>[_<split>]/` or `output_dir=<dir>`.
 """
+import sys
+
 import hydra
 from _bootstrap import CONFIG_PATH
 from omegaconf import DictConfig
 
-from eval.cli import cli_overrides, exit_on_user_error
-from eval.run import run_evaluation
+from data.rules import check_config
+from eval.cli import check_command_line, cli_overrides, exit_on_user_error
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="inference", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from eval.run import run_evaluation
+
     with exit_on_user_error():
+        check_config(cfg)
         run_evaluation(cfg, cli_overrides())
 
 
 if __name__ == "__main__":
+    # Checked before eval.run's imports (torch, transformers, peft: seconds), so a bad value fails at once.
+    check_command_line(CONFIG_PATH, "inference", sys.argv[1:], lambda cfg, overrides: check_config(cfg))
     main()

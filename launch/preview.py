@@ -13,8 +13,10 @@ from _bootstrap import CONFIG_PATH
 from omegaconf import DictConfig
 
 from data.dataset import load_split
+from data.rules import check_config
 from data.preview import sample_records
 from data.templates import get_template
+from eval.cli import check_command_line
 from models.loading import load_tokenizer
 
 
@@ -38,4 +40,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(CONFIG_PATH, "train", sys.argv[1:], lambda cfg, overrides: check_config(cfg))
     main()

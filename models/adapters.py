@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from torch import nn
 
-from models.config import ModelConfig, PeftConfig
+from models.config import QUANT_TYPES, ModelConfig, PeftConfig
 from models.loading import torch_dtype
 
 if TYPE_CHECKING:
     import peft
     from transformers import BitsAndBytesConfig
 
-QUANT_TYPES = ("nf4", "fp4")
 
 
 @dataclass(frozen=True)

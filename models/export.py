@@ -8,9 +8,8 @@ the tokenizer, with the chat template that renders what training rendered, and n
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,20 +18,6 @@ from models.adapters import PEFT_METHODS
 from models.loading import torch_dtype
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-@dataclass
-class ExportConfig:
-    """`conf/export.yaml`: `python launch/export.py checkpoint=<dir> output_dir=<dir> [merge=true]`."""
-
-    checkpoint: str = "???"  # <run>/final or <run>/checkpoints/step_N
-    output_dir: str = "???"  # must not exist yet (or be empty)
-    merge: bool = False  # fold the adapter into the base weights (lora, dora, ia3, qlora)
-    # Weights' dtype when merging (or re-saving a full model): float32 | bfloat16 | float16. None: the run's
-    # model.dtype; for qlora its peft.compute_dtype (the base is never written in 4-bit); without the run's
-    # config.yaml, the dtype the weights are stored in.
-    dtype: Optional[str] = None
-    max_shard_size: str = "5GB"  # larger models are written as model-0000N-of-0000M.safetensors shards
 
 
 def run_config(checkpoint: Path) -> DictConfig | None:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from models.attention import DOCUMENT_SDPA
 from models.attention import register as register_document_sdpa
-from models.config import TINY, ModelConfig
+from models.config import DTYPES, TINY, ModelConfig
 from models.gguf import SMOLLM2
 
-DTYPES = ("float32", "bfloat16", "float16")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
 # peft (0.21.2, the newest) still uses two names transformers 5 deprecated: it reads `is_gradient_checkpointing`
 # whenever it wraps or reloads a model, and prefix tuning passes `past_key_values` to the model's forward. The
 # warnings are about peft's calls, not ours (this project calls the current names).
@@ -57,8 +58,8 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     if _looks_local(path):
         what = "is not a directory" if expanded.exists() else "does not exist"
         raise FileNotFoundError(
-            f"model.path {path!r} {what} (looked at {expanded.absolute()}); "
-            f"give a local model directory, a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', {TINY!r} or {SMOLLM2!r}"
+            f"model.path={path}: {what} (looked at {expanded.absolute()}); "
+            f"allowed: a local model directory, a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', {TINY!r} or {SMOLLM2!r}"
         )
     return path
 
@@ -67,12 +68,28 @@ def load_tokenizer(cfg: ModelConfig):
     """`AutoTokenizer` for `cfg`; pad token falls back to eos when the checkpoint has none."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        resolve_model_path(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
+    path = resolve_model_path(cfg)
+    check_tokenizer_files(path)
+    tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def check_model_files(path: str) -> None:
+    """A local directory to train or evaluate must hold a model: config.json and a tokenizer."""
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"model.path={path}: holds no model (looked for config.json there); "
+                                f"allowed: a model directory, a hub id, {TINY!r} or {SMOLLM2!r}")
+    check_tokenizer_files(path)
+
+
+def check_tokenizer_files(path: str) -> None:
+    """A local model directory must carry a tokenizer; without one transformers' only word is about
+    converting a slow tokenizer (sentencepiece / tiktoken), which names neither the directory nor the cause."""
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"model.path={path}: has no tokenizer (looked for {', '.join(TOKENIZER_FILES)}); "
+                                "allowed: a model directory saved with its tokenizer (save_pretrained)")
 
 
 def torch_dtype(name: str, key: str = "model.dtype"):

@@ -49,6 +49,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from models.config import ATTENTION
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
     from transformers import PretrainedConfig
@@ -63,7 +65,6 @@ LORA_BYTES = 4  # peft upcasts adapter weights to float32 (autocast_adapter_dtyp
 FOUR_BIT_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 BNB_MIN_8BIT_SIZE, BNB_BLOCK = 4096, 256  # bitsandbytes 8-bit optimizers' defaults
 PEFT_METHODS = ("none", "lora", "qlora")
-ATTENTION = ("sdpa", "eager", "flash_attention_2", "flex_attention", "document_sdpa")
 LOSS_IMPLS = ("chunked", "full", "liger")  # as eval.loss.LOSS_IMPLS
 # Activation sources a decoder layer's linears read.
 ATTN_IN, ATTN_OUT, MLP_IN, MLP_HIDDEN = "attn_in", "attn_out", "mlp_in", "mlp_hidden"

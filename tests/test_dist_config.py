@@ -56,8 +56,8 @@ def test_bad_deepspeed_settings_name_the_key(override, message):
 def test_unknown_engine_is_refused(hotel_overrides):
     from trainer.loop import Trainer
 
-    with pytest.raises(ValueError, match=r"dist\.engine='megatron'; allowed: \['torch', 'deepspeed', 'fsdp'\]"):
-        Trainer(compose(*hotel_overrides, "dist.engine=megatron", "train.max_steps=1"))
+    with pytest.raises(ValueError, match=r"dist\.engine=horovod: unknown; allowed: torch, deepspeed, fsdp"):
+        Trainer(compose(*hotel_overrides, "dist.engine=horovod", "train.max_steps=1"))
 
 
 def test_qlora_under_zero3_is_refused_clearly(hotel_overrides):

@@ -212,7 +212,7 @@ def test_missing_local_path_is_one_clear_line(path, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as e:
         resolve_model_path(ModelConfig(path=path))
     msg = str(e.value)
-    assert repr(path) in msg and "does not exist" in msg and "\n" not in msg
+    assert f"model.path={path}:" in msg and "does not exist" in msg and "\n" not in msg
     with pytest.raises(FileNotFoundError):
         load_model(ModelConfig(path=path))
 

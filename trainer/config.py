@@ -12,95 +12,127 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from data.config import DataConfig
-from eval.config import ChatConfig, EvalConfig
+from data.rules import (above, at_least, between, existing_dir, existing_file, non_negative_int, one_of, pair_between,
+                        positive_int)
+from eval.config import LOSS_IMPLS, ChatConfig, EvalConfig
 from models.config import ModelConfig, PeftConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}  # ours → transformers'
+ENGINES = ("torch", "deepspeed", "fsdp")
+ZERO_STAGES = (1, 2, 3)
+LOGGER_BACKENDS = ("stdout", "wandb")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+OPTIMIZER_NAMES = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")  # trainer/optim.py OPTIMIZERS
 
 
 @dataclass
 class TrainConfig:
-    seq_len: int = 1024  # tokens per packed row
-    batch_size: int = 4  # rows per micro-batch (per rank)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = -1  # optimizer steps; -1: train.epochs over the data
-    epochs: float = 1.0
-    eval_every: int = 0  # steps between dev evaluations; 0: only at the end
-    save_every: int = 0  # steps between checkpoints; 0: only final/
-    save_every_minutes: float = 0  # also checkpoint when this much wall-clock time passed since the last; 0: off
-    keep_last: int = 0  # keep only the newest N step_* checkpoints (and the one resumed from); 0: all
-    max_bad_steps: int = 5  # stop after this many consecutive non-finite (skipped) steps; 0: never stop
-    log_every: int = 1
-    seed: int = 42
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    precision: str = "auto"  # auto (bf16 autocast where supported, else fp32) | bf16 | fp16 | fp32
+    seq_len: int = field(default=1024, metadata=positive_int())  # tokens per packed row
+    batch_size: int = field(default=4, metadata=positive_int())  # rows per micro-batch (per rank)
+    grad_accum: int = field(default=1, metadata=positive_int())  # micro-batches per optimizer step
+    # optimizer steps; -1: train.epochs over the data
+    max_steps: int = field(default=-1, metadata=positive_int(also=[-1]))
+    epochs: float = field(default=1.0, metadata=above(0))  # with max_steps=-1
+    # steps between dev evaluations; 0: only at the end
+    eval_every: int = field(default=0, metadata=non_negative_int())
+    # steps between checkpoints; 0: only final/
+    save_every: int = field(default=0, metadata=non_negative_int())
+    # also checkpoint when this much wall-clock time passed since the last; 0: off
+    save_every_minutes: float = field(default=0, metadata=at_least(0))
+    # keep only the newest N step_* checkpoints (and the one resumed from); 0: all
+    keep_last: int = field(default=0, metadata=non_negative_int())
+    # stop after this many consecutive non-finite (skipped) steps; 0: never stop
+    max_bad_steps: int = field(default=5, metadata=non_negative_int())
+    log_every: int = field(default=1, metadata=positive_int())
+    seed: int = field(default=42, metadata=non_negative_int())
+    grad_clip: float = field(default=1.0, metadata=at_least(0))  # max global grad norm; 0 disables clipping
+    # auto (bf16 autocast where supported, else fp32) | bf16 | fp16 | fp32
+    precision: str = field(default="auto", metadata=one_of(*PRECISIONS))
     grad_ckpt: bool = False  # gradient checkpointing
-    device: str = "auto"  # auto | cpu | cuda
-    eval_batches: int = 0  # dev micro-batches per evaluation; 0: the whole dev split
-    eval_generate_every: int = 0  # steps between slot-F1/BLEU evals on eval.subset dev turns; 0: never
-    loss_impl: str = "chunked"  # chunked (head + cross-entropy on trained tokens, in chunks) | full | liger (CUDA)
-    loss_chunk: int = 1024  # trained tokens per head chunk (loss_impl=chunked): memory O(chunk × vocab)
+    device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))  # auto | cpu | cuda
+    # dev micro-batches per evaluation; 0: the whole dev split
+    eval_batches: int = field(default=0, metadata=non_negative_int())
+    # steps between slot-F1/BLEU evals on eval.subset dev turns; 0: never
+    eval_generate_every: int = field(default=0, metadata=non_negative_int())
+    # chunked (head + cross-entropy on trained tokens, in chunks) | full | liger (CUDA)
+    loss_impl: str = field(default="chunked", metadata=one_of(*LOSS_IMPLS))
+    # trained tokens per head chunk (loss_impl=chunked): memory O(chunk × vocab)
+    loss_chunk: int = field(default=1024, metadata=positive_int())
     compile: bool = False  # torch.compile each decoder layer (inductor); rows padded to seq_len, one shape
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    name: str = field(default="adamw", metadata=one_of(*OPTIMIZER_NAMES))
+    lr: float = field(default=2e-4, metadata=above(0))
+    weight_decay: float = field(default=0.0, metadata=at_least(0))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=pair_between(0, 1))
+    eps: float = field(default=1e-8, metadata=above(0))
 
 
 @dataclass
 class SchedConfig:
-    name: str = "cosine"  # cosine | linear | constant (all with linear warmup)
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0  # used when warmup_steps is 0
+    # cosine | linear | constant (all with linear warmup)
+    name: str = field(default="cosine", metadata=one_of(*SCHEDULES))
+    warmup_steps: int = field(default=0, metadata=non_negative_int())
+    warmup_ratio: float = field(default=0.0, metadata=between(0, 1))  # used when warmup_steps is 0
 
 
 @dataclass
 class LoggerConfig:
-    backend: str = "stdout"  # stdout: console + <output_dir>/metrics.jsonl | wandb: the same, plus a W&B run
+    # stdout: console + <output_dir>/metrics.jsonl | wandb: the same, plus a W&B run
+    backend: str = field(default="stdout", metadata=one_of(*LOGGER_BACKENDS))
     project: str = "turnpack"
     entity: Optional[str] = None  # W&B team or user; None: the API key's default
     group: Optional[str] = None  # None: in a multirun, the sweep id (shared by all its jobs)
     name: Optional[str] = None  # None: in a multirun, the job's swept overrides; else W&B picks one
     tags: list[str] = field(default_factory=list)
-    mode: str = "auto"  # auto (online with an API key configured, else offline) | online | offline | disabled
+    # auto (online with an API key configured, else offline) | online | offline | disabled
+    mode: str = field(default="auto", metadata=one_of(*WANDB_MODES))
     log_checkpoints: bool = False  # upload each saved checkpoint as a W&B model artifact
     plots: bool = True  # draw <output_dir>/plots/*.png at the end of the run
 
 
 @dataclass
 class PerfConfig:
-    peak_tflops: Optional[float] = None  # per-device peak for train/mfu; None: known CUDA devices' bf16 peak
+    # per-device peak for train/mfu; None: known CUDA devices' bf16 peak
+    peak_tflops: Optional[float] = field(default=None, metadata=above(0))
 
 
 @dataclass
 class SweepConfig:
     objective: str = "eval/loss"  # final metric the run returns to Hydra sweepers (Optuna optimises it)
-    direction: str = "minimize"  # minimize | maximize (conf/hydra/sweeper/*.yaml read it)
+    # minimize | maximize (conf/hydra/sweeper/*.yaml read it)
+    direction: str = field(default="minimize", metadata=one_of("minimize", "maximize"))
 
 
 @dataclass
 class DistConfig:
     name: str = "single"
-    engine: str = "torch"  # torch (one process; DDP when torchrun starts several) | deepspeed | fsdp (FSDP2)
-    zero_stage: int = 0  # deepspeed: 1 optimizer states, 2 + gradients, 3 + parameters sharded
+    # torch (one process; DDP when torchrun starts several) | deepspeed | fsdp (FSDP2)
+    engine: str = field(default="torch", metadata=one_of(*ENGINES))
+    # deepspeed: 1 optimizer states, 2 + gradients, 3 + parameters sharded
+    zero_stage: int = field(default=0, metadata=one_of(0, *ZERO_STAGES))
     offload_optimizer: bool = False  # deepspeed: optimizer states and step on the CPU
-    offload_params: bool = False  # deepspeed ZeRO-3 or fsdp: parameters on the CPU (fsdp: gradients and optimizer too)
+    # deepspeed ZeRO-3 or fsdp: parameters on the CPU (fsdp: gradients and optimizer too)
+    offload_params: bool = False
     reshard_after_forward: bool = True  # fsdp: free gathered layer weights after the forward; False: keep them
-    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
-    timeout_minutes: float = 30  # a collective waiting longer than this fails the job (a dead rank)
-    bucket_size: int = 200_000_000  # deepspeed reduce / all-gather bucket, in elements
-    deepspeed_config: Optional[str] = None  # a DeepSpeed JSON file used instead of the generated one
+    # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    backend: str = field(default="auto", metadata=one_of("auto", "nccl", "gloo"))
+    # a collective waiting longer than this fails the job (a dead rank)
+    timeout_minutes: float = field(default=30, metadata=above(0))
+    # deepspeed reduce / all-gather bucket, in elements
+    bucket_size: int = field(default=200_000_000, metadata=positive_int())
+    # a DeepSpeed JSON file used instead of the generated one
+    deepspeed_config: Optional[str] = field(default=None, metadata=existing_file())
 
 
 @dataclass
 class PreviewConfig:
-    samples: int = 3
-    split: str = "train"
+    samples: int = field(default=3, metadata=positive_int())
+    split: str = field(default="train", metadata=one_of("train", "dev", "test"))
     json: bool = False
 
 
@@ -119,7 +151,8 @@ class RunConfig:
     perf: PerfConfig = field(default_factory=PerfConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     output_dir: str = "${hydra:runtime.output_dir}"
-    resume: Optional[str] = None  # auto: newest complete checkpoint in output_dir; or a checkpoint dir
+    # auto: newest complete checkpoint in output_dir; or a checkpoint dir
+    resume: Optional[str] = field(default=None, metadata=existing_dir(also=["auto"]))
 
 
 @dataclass
@@ -130,7 +163,8 @@ class InferenceConfig(RunConfig):
     train; the command line overrides any of them.
     """
 
-    checkpoint: Optional[str] = None  # <run>/final or <run>/checkpoints/step_N; None: the base model (model.path)
+    # <run>/final or <run>/checkpoints/step_N; None: the base model (model.path)
+    checkpoint: Optional[str] = field(default=None, metadata=existing_dir())
     output_dir: Optional[str] = None  # None: <checkpoint>/eval/<eval.name>[_<eval.split>]
     chat: ChatConfig = field(default_factory=ChatConfig)
 

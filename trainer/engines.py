@@ -26,10 +26,9 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint
+from trainer.config import ENGINES, ZERO_STAGES
 from trainer.distributed import DistContext
 
-ENGINES = ("torch", "deepspeed", "fsdp")
-ZERO_STAGES = (1, 2, 3)
 # (module whose trainable parameters the optimizer steps) -> (optimizer, learning-rate schedule)
 OptimizerFactory = Callable[[torch.nn.Module], tuple[torch.optim.Optimizer, Any]]
 

@@ -29,6 +29,7 @@ from data.dataset import PackedSplit, load_split
 from data.packing import IGNORE_INDEX, collate_rows
 from data.sampling import StepSampler
 from data.templates import get_template
+from eval.cli import cli_overrides
 from eval.generate import GenerationSettings
 from eval.loss import evaluate_loss, summed_token_loss, trained_positions
 from eval.turns import load_turns, task_metrics
@@ -37,15 +38,15 @@ from models.adapters import (apply_peft, count_parameters, describe_parameters, 
 from models.compile import compile_decoder_layers
 from models.loading import enable_activation_checkpointing, load_model, load_tokenizer, resolve_model_path, torch_dtype
 from trainer import checkpoint, faults
+from trainer.config import PRECISIONS, SCHEDULES
 from trainer.distributed import DistContext, init_distributed
-from trainer.engines import Engine, build_engine, check_engine, local_shard, partitioned_loading
+from trainer.engines import Engine, build_engine, local_shard, partitioned_loading
 from trainer.flops import document_lengths, model_flops, peak_flops
 from trainer.metrics import open_logger
 from trainer.optim import build_optimizer
 from trainer.redact import redacted_config
+from trainer.validate import validate_run
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 def seed_everything(seed: int) -> None:
@@ -67,20 +68,16 @@ class Trainer:
     def __init__(self, cfg: DictConfig, dist: DistContext | None = None):
         self.cfg = cfg
         t = cfg.train
-        # An unknown peft method or engine, or a combination that cannot train, fails before any work.
+        # A value outside its range, or a combination that cannot train, fails before any work (trainer/validate.py).
+        config_warnings = validate_run(cfg, cli_overrides())
         self.method = peft_method(cfg.peft, t.grad_ckpt)
-        check_engine(cfg, self.method.quantized, prompt_learning=not self.method.packs)
-        if t.compile and cfg.dist.engine == "deepspeed":
-            raise ValueError("train.compile=true is not supported with DeepSpeed engines (dist.engine=deepspeed); "
-                             "use dist=single or dist=ddp, or train.compile=false")
-        if t.compile and t.grad_ckpt:
-            raise ValueError("train.compile=true does not combine with train.grad_ckpt=true: torch.utils.checkpoint "
-                             "runs its function with TorchDynamo disabled, so the layers would not be compiled; "
-                             "set one of them to false")
         # DeepSpeed and FSDP want a process group even for one process.
         self.dist = dist or init_distributed(t.device, cfg.dist.backend, cfg.dist.timeout_minutes,
                                              always=cfg.dist.engine in ("deepspeed", "fsdp"))
         self.device = self.dist.device
+        if self.dist.is_main:
+            for warning in config_warnings:
+                tqdm.write(f"warning: {warning}", file=sys.stderr)
         self.output_dir = Path(cfg.output_dir)
         seed_everything(t.seed)
 

@@ -12,11 +12,10 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from trainer.config import LOGGER_BACKENDS, WANDB_MODES
 from trainer.plots import plot_runs
 from trainer.redact import redact, redact_overrides, redacted_config
 
-LOGGER_BACKENDS = ("stdout", "wandb")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 class MetricsLogger:
