@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from data.config import DataConfig
 from eval.config import ChatConfig, EvalConfig
 from models.config import ModelConfig, PeftConfig
+from models.serve import ServeConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +133,7 @@ class InferenceConfig(RunConfig):
     checkpoint: Optional[str] = None  # <run>/final or <run>/checkpoints/step_N; None: the base model (model.path)
     output_dir: Optional[str] = None  # None: <checkpoint>/eval/<eval.name>[_<eval.split>]
     chat: ChatConfig = field(default_factory=ChatConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)  # launch/serve.py; serve.url: chat/evaluate via a server
 
 
 def register_configs() -> None:
