@@ -9,6 +9,7 @@ parse with HTTP 400 ("... could not parse ..."): that turn is an invalid call to
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
@@ -44,8 +45,12 @@ class ServedGenerator:
                  parse_text: Callable[[str], Message], api_key: str = "EMPTY", timeout: float = 600):
         import openai
 
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
         self.client = openai.OpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=2)
-        served = [m.id for m in self.client.models.list()]
+        try:
+            served = [m.id for m in self.client.models.list()]
+        except (openai.APIConnectionError, openai.APIStatusError) as err:
+            raise ValueError(f"serve.url={url}: no OpenAI-compatible server answers {url}/models ({err})") from None
         if model is None and len(served) != 1:
             raise ValueError(f"serve.url={url} serves {', '.join(served) or 'no model'}; choose one with serve.model=")
         if model is not None and model not in served:

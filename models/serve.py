@@ -9,6 +9,7 @@ mistral, glm4, gemma) is refused: a server would prompt the model differently fr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -192,6 +193,7 @@ def wait_ready(process: subprocess.Popen, url: str, timeout: float, api_key: str
     or does not answer within `timeout` seconds."""
     import openai
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=10)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -240,8 +242,8 @@ def serve_checkpoint(cfg: ServeConfig | DictConfig, checkpoint: str | Path) -> i
     try:
         url = base_url(cfg.host, cfg.port)
         models = wait_ready(process, url, cfg.start_timeout, cfg.api_key)
-        print(f"serving {', '.join(models)} at {url} (OpenAI API); chat with it: python launch/chat.py "
-              f"checkpoint={serve_plan.checkpoint} serve.url={url} serve.model={serve_plan.model}; Ctrl-C stops it",
+        print(f"serving {', '.join(models)} at {url} (OpenAI API); Ctrl-C stops it\nchat with it: python "
+              f"launch/chat.py checkpoint={serve_plan.checkpoint} serve.url={url} serve.model={serve_plan.model}",
               flush=True)
         process.wait()
     except KeyboardInterrupt:
