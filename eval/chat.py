@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from data.conversation import Message, ToolCall
-from data.templates import CALL_ROLE, ChatTemplate
+from data.templates import CALL_ROLE
+from eval.generate import TurnGenerator
 from eval.hotel_db import QueryError, query
 
 TOOL_NAME = "search_hotels"
@@ -38,13 +39,13 @@ def format_event(event: Event) -> str:
 class ChatSession:
     """The dialogue so far and the loop that answers one user line.
 
-    `reply` maps a rendered prompt to the text of the model's next turn (generation stops
-    at the end of turn), so tests can script the model.
+    `generate` gives the model's next turn: in process (eval.generate.TemplateGenerator, which
+    tests script) or from a server (eval.served.ServedGenerator).
     """
 
-    def __init__(self, reply: Callable[[str], str], template: ChatTemplate, tools: Sequence[dict],
-                 db: list[dict[str, Any]], system: str | None = None, max_calls: int = 3):
-        self.reply, self.template, self.tools, self.db = reply, template, list(tools), db
+    def __init__(self, generate: TurnGenerator, tools: Sequence[dict], db: list[dict[str, Any]],
+                 system: str | None = None, max_calls: int = 3):
+        self.generate, self.tools, self.db = generate, list(tools), db
         self.system, self.max_calls = system, max_calls
         self.messages: list[Message] = []
         self.reset()
@@ -53,9 +54,8 @@ class ChatSession:
         self.messages = [Message("system", self.system)] if self.system else []
 
     def _next_turn(self) -> tuple[str, Message]:
-        prompt = self.template.prompt(self.messages, self.tools)
-        raw = self.reply(prompt)
-        return raw, self.template.parse_reply(raw)
+        generated = self.generate([(self.messages, self.tools)])[0]
+        return generated.raw, generated.message
 
     def _run(self, call: ToolCall) -> tuple[str, Event]:
         """(observation content, event to show) for one call."""

@@ -1,4 +1,6 @@
-"""Batched generation of one turn per prompt: left-padded, KV cache, stopping at the template's end of turn.
+"""The next turn after a dialogue: the interface chat and evaluation ask it through (`TurnGenerator`), and its
+in-process implementation, batched generation of one turn per prompt: left-padded, KV cache, stopping at the
+template's end of turn. (eval/served.py asks an OpenAI-compatible server instead.)
 
 Prompts are text rendered by a chat template (BOS strings included), so they are
 tokenised without special tokens, exactly as training tokenised them. Unlike the packed
@@ -10,11 +12,28 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
+
+from data.conversation import Message
+from data.templates import ChatTemplate
+
+History = tuple[Sequence[Message], Sequence[dict]]  # the dialogue so far and the tools offered in it
+
+
+@dataclass(frozen=True)
+class Generated:
+    raw: str  # the turn as generated (in process) or as the server answered it (its calls as JSON)
+    message: Message  # parsed: a reply, a call, or role "invalid"
+
+
+class TurnGenerator(Protocol):
+    """The model's next turn after each history: what eval/chat.py and eval/turns.py ask."""
+
+    def __call__(self, histories: Sequence[History], desc: str | None = None) -> list[Generated]: ...
 
 
 @dataclass(frozen=True)
@@ -94,3 +113,24 @@ def generate_turns(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, p
             outputs[i] = _decode_turn(tokenizer, generated[row, width:].tolist(), stop_ids, stop_texts)
     model.train(was_training)
     return outputs
+
+
+class TemplateGenerator:
+    """In process: each history rendered by the training template, the turns completed by `complete`
+    (prompts, progress label → texts) and parsed by the template."""
+
+    def __init__(self, template: ChatTemplate, complete: Callable[[list[str], str | None], list[str]]):
+        self.template, self.complete = template, complete
+
+    def __call__(self, histories: Sequence[History], desc: str | None = None) -> list[Generated]:
+        texts = self.complete([self.template.prompt(messages, tools) for messages, tools in histories], desc)
+        return [Generated(text, self.template.parse_reply(text)) for text in texts]
+
+
+def model_generator(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+                    settings: GenerationSettings,
+                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                    ) -> TemplateGenerator:
+    """`generate_turns` on a loaded model behind the `TurnGenerator` interface."""
+    return TemplateGenerator(template, lambda prompts, desc: generate_turns(
+        model, tokenizer, prompts, template.stop_strings, settings, autocast, desc))

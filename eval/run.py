@@ -26,9 +26,10 @@ from data.templates import ChatTemplate, get_template
 from eval import hotel, truthfulqa
 from eval.chat import ChatSession, format_event
 from eval.config import EVALUATIONS
-from eval.generate import GenerationSettings, generate_turns
+from eval.generate import GenerationSettings, TurnGenerator, model_generator
 from eval.hotel_db import load_db
 from eval.loss import evaluate_loss
+from eval.served import ServedGenerator
 from eval.turns import load_turns, predict_turns
 from models.adapters import peft_method, quantization_config
 from models.export import run_config
@@ -137,6 +138,18 @@ def load_for_inference(cfg: DictConfig) -> Loaded:
     return Loaded(model.eval(), tokenizer, method)
 
 
+def served_generator(cfg: DictConfig) -> tuple[ServedGenerator, ChatTemplate]:
+    """The server at `serve.url` behind the `TurnGenerator` interface, and the run's template (which parses a
+    reply the server did not read as a call); no model is loaded, only a tokenizer for `model.template=auto`."""
+    tokenizer = None
+    if cfg.model.template == "auto":
+        tokenizer = load_tokenizer(_at(cfg.model, Path(cfg.checkpoint).resolve()) if cfg.checkpoint else cfg.model)
+    template = get_template(cfg.model.template, cfg.model.tool_format, tokenizer)
+    generator = ServedGenerator(cfg.serve.url, cfg.serve.model, GenerationSettings.from_config(cfg.eval),
+                                template.parse_reply, cfg.serve.api_key)
+    return generator, template
+
+
 @contextlib.contextmanager
 def base_model(loaded: Loaded, cfg: DictConfig) -> Iterator[torch.nn.Module]:
     """The model before fine-tuning: the adapter switched off, or the run's base weights loaded."""
@@ -209,13 +222,14 @@ def rescore(cfg: DictConfig) -> dict[str, Any]:
                         {"predictions": str(path)}, write_predictions=False)
 
 
-def evaluate_hotel(cfg: DictConfig, loaded: Loaded, template: ChatTemplate, labels: tuple[str, str]) -> dict:
+def evaluate_hotel(cfg: DictConfig, generate: TurnGenerator, template: ChatTemplate, labels: tuple[str, str]) -> dict:
     path = split_path(cfg)
     turns = load_turns(path, cfg.data, template, cfg.eval.subset)
-    records = predict_turns(loaded.model, loaded.tokenizer, template, turns, GenerationSettings.from_config(cfg.eval),
-                            desc=f"generating {len(turns)} {cfg.eval.split} turns")
+    records = predict_turns(generate, turns, desc=f"generating {len(turns)} {cfg.eval.split} turns")
     info = {"split": cfg.eval.split, "data": path, "checkpoint": cfg.checkpoint,
             "generation": OmegaConf.to_container(cfg.eval, resolve=True)}
+    if cfg.serve.url:
+        info["server"] = {"url": cfg.serve.url, "model": generate.model}
     return report_hotel(records, output_dir(cfg), *labels, info)
 
 
@@ -271,9 +285,9 @@ def compare_with_base(cfg: DictConfig, loaded: Loaded, template: ChatTemplate, l
     """compare.md: the base and the tuned model's replies to the first `eval.compare_n` turns (seed 001)."""
     turns = load_turns(split_path(cfg), cfg.data, template, cfg.eval.compare_n)
     settings = GenerationSettings.from_config(cfg.eval)
-    tuned = predict_turns(loaded.model, loaded.tokenizer, template, turns, settings, desc="tuned")
+    tuned = predict_turns(model_generator(loaded.model, loaded.tokenizer, template, settings), turns, desc="tuned")
     with base_model(loaded, cfg) as before:
-        base = predict_turns(before, loaded.tokenizer, template, turns, settings, desc="base")
+        base = predict_turns(model_generator(before, loaded.tokenizer, template, settings), turns, desc="base")
     lines = [f"# Before and after fine-tuning: {labels[0]} ({labels[1]}), first {len(turns)} {cfg.eval.split} turns",
              ""]
     for n, (turn, before, after) in enumerate(zip(turns, base, tuned), 1):
@@ -296,12 +310,21 @@ def run_evaluation(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
     if cfg.eval.compare_base and not cfg.checkpoint:
         raise ValueError("eval.compare_base needs checkpoint=: without one the model already is the base")
     cfg = resolve_config(cfg, overrides)
+    if cfg.serve.url:
+        if cfg.eval.name != "hotel" or cfg.eval.compare_base:
+            raise ValueError(f"serve.url: a server is evaluated with eval=hotel only (eval.name={cfg.eval.name}, "
+                             f"eval.compare_base={cfg.eval.compare_base} need the model in process)")
+        generate, template = served_generator(cfg)
+        labels = (cfg.eval.model_name or cfg.model.name, cfg.eval.method or "Served")
+        return evaluate_hotel(cfg, generate, template, labels)
     torch.manual_seed(cfg.train.seed)  # only sampling draws random numbers
     loaded = load_for_inference(cfg)
     template = get_template(cfg.model.template, cfg.model.tool_format, loaded.tokenizer)
     labels = (cfg.eval.model_name or cfg.model.name, cfg.eval.method or loaded.method)
     if cfg.eval.name == "hotel":
-        result = evaluate_hotel(cfg, loaded, template, labels)
+        settings = GenerationSettings.from_config(cfg.eval)
+        result = evaluate_hotel(cfg, model_generator(loaded.model, loaded.tokenizer, template, settings), template,
+                                labels)
     elif cfg.eval.name == "truthfulqa":
         result = evaluate_mc(cfg, loaded, labels)
     else:
@@ -315,17 +338,17 @@ def run_evaluation(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
 
 def run_chat(cfg: DictConfig, overrides: Sequence[str] = (), read_line: Callable[[str], str] = input,
              write: Callable[[str], None] = print) -> ChatSession:
-    """`launch/chat.py`: chat in the terminal, or run `chat.script` (one user line per line) and print it."""
+    """`launch/chat.py`: chat in the terminal, or run `chat.script` (one user line per line) and print it;
+    with the model in process, or the one served at `serve.url`."""
     cfg = resolve_config(cfg, overrides)
     db = load_db(cfg.chat.db)
-    loaded = load_for_inference(cfg)
-    template = get_template(cfg.model.template, cfg.model.tool_format, loaded.tokenizer)
-    settings = GenerationSettings.from_config(cfg.eval)
-
-    def reply(prompt: str) -> str:
-        return generate_turns(loaded.model, loaded.tokenizer, [prompt], template.stop_strings, settings)[0]
-
-    session = ChatSession(reply, template, load_tools(cfg.data.tools), db, cfg.data.system, cfg.chat.max_calls)
+    if cfg.serve.url:
+        generate: TurnGenerator = served_generator(cfg)[0]
+    else:
+        loaded = load_for_inference(cfg)
+        template = get_template(cfg.model.template, cfg.model.tool_format, loaded.tokenizer)
+        generate = model_generator(loaded.model, loaded.tokenizer, template, GenerationSettings.from_config(cfg.eval))
+    session = ChatSession(generate, load_tools(cfg.data.tools), db, cfg.data.system, cfg.chat.max_calls)
     if cfg.chat.script:
         script = Path(cfg.chat.script)
         if not script.is_file():

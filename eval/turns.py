@@ -14,10 +14,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from data.config import DataConfig
+from data.conversation import Message
 from data.dataset import load_tools
 from data.formats import read_conversations
 from data.templates import ChatTemplate
-from eval.generate import GenerationSettings, generate_turns
+from eval.generate import GenerationSettings, TurnGenerator, model_generator
 from eval.hotel import as_turn, score_turn, slot_prf
 
 
@@ -28,6 +29,8 @@ class Turn:
     source: str  # "path:line" of the dialogue
     index: int  # the turn's position in the dialogue's messages
     user: str  # the latest user message before the turn, for side-by-side reports
+    history: tuple[Message, ...]  # the gold messages before the turn, which `prompt` renders
+    tools: tuple[dict, ...]  # the tools offered in the dialogue
 
 
 def load_turns(path: str, data: DataConfig, template: ChatTemplate, limit: int = 0) -> list[Turn]:
@@ -43,24 +46,20 @@ def load_turns(path: str, data: DataConfig, template: ChatTemplate, limit: int =
             if msg.role != "assistant":
                 continue
             prompt = template.prompt(conv.messages[:k], conv.tools)
-            turns.append(Turn(prompt, as_turn(msg), conv.source, k, user))
+            turns.append(Turn(prompt, as_turn(msg), conv.source, k, user, tuple(conv.messages[:k]), tuple(conv.tools)))
             if len(turns) == limit:
                 return turns
     return turns
 
 
-def predict_turns(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                  turns: Sequence[Turn], settings: GenerationSettings,
-                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                  desc: str | None = None) -> list[dict[str, Any]]:
-    """Generate every turn and classify it with the template's own call format.
+def predict_turns(generate: TurnGenerator, turns: Sequence[Turn], desc: str | None = None) -> list[dict[str, Any]]:
+    """Generate every turn (in process or through a server) and classify it.
 
     Each record is a predictions.jsonl line: source, turn, reference, prediction, raw text.
     """
-    raw = generate_turns(model, tokenizer, [t.prompt for t in turns], template.stop_strings, settings, autocast,
-                         desc)
-    return [{"source": t.source, "turn": t.index, "reference": t.reference,
-             "prediction": as_turn(template.parse_reply(text)), "raw": text} for t, text in zip(turns, raw)]
+    generated = generate([(t.history, t.tools) for t in turns], desc)
+    return [{"source": t.source, "turn": t.index, "reference": t.reference, "prediction": as_turn(g.message),
+             "raw": g.raw} for t, g in zip(turns, generated)]
 
 
 def task_metrics(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
@@ -72,7 +71,7 @@ def task_metrics(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tem
     What training logs as eval/slot_f1 and eval/bleu4; a metric with no turns of its kind
     on any rank is left out.
     """
-    records = predict_turns(model, tokenizer, template, turns, settings, autocast)
+    records = predict_turns(model_generator(model, tokenizer, template, settings, autocast), turns)
     scores = [score_turn(r["reference"], r["prediction"]) for r in records]
     calls = [s for s in scores if s.reference == "call"]
     texts = [s for s in scores if s.reference == "text"]

@@ -13,11 +13,43 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from data.templates import get_template
+from data.templates import AutoTemplate, ChatTemplate, get_template
 from models.adapters import PEFT_METHODS
 from models.loading import torch_dtype
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+# transformers' declarative `response_template` (tokenizer_config.json) per call format: how `transformers serve`
+# (and `tokenizer.parse_response`) turns a generated turn into content and tool_calls. Without it that server
+# parses calls only for model types it knows (qwen2, qwen3, gemma4). One entry per family whose calls a Jinja
+# template renders; the parse is the inverse of the family's `_call_body`.
+_CHATML_END = r"\s*(?:<\|im_end\|>|<\|endoftext\|>)"
+_LLAMA3_END = r"<\|eot_id\|>|<\|end_of_text\|>"
+RESPONSE_TEMPLATES: dict[str, dict[str, Any]] = {
+    "chatml": {  # <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>, one block per call
+        "defaults": {"role": "assistant"},
+        "start_anchor": "<|im_start|>assistant\n",
+        "fields": {
+            "tool_calls": {"open_pattern": r"\s*<tool_call>", "close": "</tool_call>", "repeats": True,
+                           "content": "json", "transform": {"type": "function", "function": "{content}"}},
+            "content": {"close_pattern": _CHATML_END, "content": "text"},
+        },
+    },
+    # {"name": ..., "parameters": {...}}; {"name": ...}: a call ends at a `}` before the next call or the end of
+    # turn (a regex cannot balance braces: an argument string holding `}; {"name"` would be cut there).
+    "llama3": {
+        "defaults": {"role": "assistant"},
+        "start_anchor": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "fields": {
+            "tool_calls": {"open_pattern": r'\s*(?:;\s*)?(?=\{\s*"name")',
+                           "close_pattern": rf'(?<=\}})(?=\s*(?:;\s*\{{\s*"name"|{_LLAMA3_END}))', "repeats": True,
+                           "content": "json", "transform": {"type": "function", "function": {
+                               "name": "{content.name}", "arguments": "{content.parameters}"}}},
+            "content": {"close_pattern": rf"\s*(?:{_LLAMA3_END})", "content": "text"},
+        },
+    },
+}
+RESPONSE_TEMPLATES["qwen2.5"] = RESPONSE_TEMPLATES["chatml"]
 
 
 def run_config(checkpoint: Path) -> DictConfig | None:
@@ -91,9 +123,26 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, merge: boo
     return what
 
 
+def call_family(template: ChatTemplate) -> str | None:
+    """The family whose format the template's calls are written in (`auto`: the one whose parser reads them);
+    None where no Jinja template renders them (custom roles, Mistral, GLM-4, Gemma) or there are none."""
+    if template.jinja() is None:
+        return None
+    if isinstance(template, AutoTemplate):
+        return template.parser.name if template.parser else None
+    return template.name
+
+
+def response_template(template: ChatTemplate) -> dict[str, Any] | None:
+    """What makes `transformers serve` parse this template's calls into `tool_calls`; None if not served."""
+    family = call_family(template)
+    return RESPONSE_TEMPLATES.get(family) if family else None
+
+
 def _set_training_chat_template(tokenizer: Any, run: DictConfig | None) -> str:
     """Give the exported tokenizer the chat template that renders what training rendered (`model.template=auto`:
-    the tokenizer's own, kept), so a server using it prompts the model as it was trained; returns a note."""
+    the tokenizer's own, kept) and the response template that parses its calls, so a server using it prompts
+    the model as it was trained and returns its calls as `tool_calls`; returns a note."""
     if run is None:
         return "; note: no config.yaml found, the tokenizer's chat template is kept as is"
     template = get_template(run.model.template, run.model.tool_format, tokenizer)
@@ -102,7 +151,11 @@ def _set_training_chat_template(tokenizer: Any, run: DictConfig | None) -> str:
         return (f"; note: no chat template renders {run.model.template!r} with tool_format={run.model.tool_format!r}, "
                 "so the tokenizer's is kept: prompt the model with turnpack's template (eval/, launch/chat.py)")
     tokenizer.chat_template = chat_template
-    return f"; chat template: the one training used ({run.model.template})"
+    parser = response_template(template)
+    if parser:
+        tokenizer.response_template = parser
+    parsed = " and the response template that parses its calls" if parser else ""
+    return f"; chat template: the one training used ({run.model.template}){parsed}"
 
 
 def describe_export(output: Path) -> str:

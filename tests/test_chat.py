@@ -9,6 +9,7 @@ from conftest import HOTEL, ROOT
 from data.dataset import load_tools
 from data.templates import get_template
 from eval.chat import ChatSession
+from eval.generate import TemplateGenerator
 from eval.hotel_db import QueryError, load_db, query
 
 DB = [
@@ -67,8 +68,8 @@ class Scripted:
 
 
 def session(model, tool_format="native", max_calls=3):
-    return ChatSession(model, get_template("chatml", tool_format), load_tools([str(HOTEL / "search_hotels.json")]),
-                       DB, "你是一个酒店预订助手。", max_calls)
+    generate = TemplateGenerator(get_template("chatml", tool_format), lambda prompts, desc: list(map(model, prompts)))
+    return ChatSession(generate, load_tools([str(HOTEL / "search_hotels.json")]), DB, "你是一个酒店预订助手。", max_calls)
 
 
 def test_a_call_is_run_and_its_records_are_fed_back_as_an_observation():

@@ -189,3 +189,41 @@ def test_export_says_when_no_chat_template_renders_the_training_format(trained, 
     run.model.tool_format = "custom"
     OmegaConf.save(run, checkpoint / "config.yaml")
     assert "no chat template renders 'chatml' with tool_format='custom'" in export_checkpoint(checkpoint, tmp_path / "o")
+
+
+@pytest.mark.parametrize("family", ["chatml", "qwen2.5", "llama3"])
+def test_exported_response_template_parses_the_training_calls_back(family, trained, tmp_path):
+    """`transformers serve` parses a generated turn with tokenizer_config.json's `response_template`: every call
+    and reply of the hotel test dialogues, as training rendered it, parses back to the training turn."""
+    from omegaconf import OmegaConf
+
+    from data.conversation import Message, ToolCall
+    from data.templates import get_template
+    from real_tokenizers import hotel_dialogues
+
+    _, final = trained("lora")
+    checkpoint = tmp_path / "final"
+    shutil.copytree(final, checkpoint)
+    run = OmegaConf.load(final.parent / "config.yaml")
+    run.model.template = family
+    OmegaConf.save(run, checkpoint / "config.yaml")
+    assert "the response template that parses its calls" in export_checkpoint(checkpoint, tmp_path / "out")
+    assert "response_template" in json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    exported = AutoTokenizer.from_pretrained(tmp_path / "out")
+    template = get_template(family)
+    two_calls = Message("assistant", tool_calls=(ToolCall("search_hotels", {"name": "北京饭店"}),
+                                                 ToolCall("search_hotels", {"facilities": ["wifi", "{}; x"]})))
+    checked = 0
+    for conv in hotel_dialogues(30):
+        messages = conv.messages[:1] + [Message("user", "?"), two_calls] + conv.messages[1:]
+        for k in (k for k, m in enumerate(messages) if m.role == "assistant"):
+            prompt, generated = template.render_turn(messages, conv.tools, k)[:2]  # generated: up to end of turn
+            prompt, body = prompt.text, generated.text
+            parsed = exported.parse_response(body, prefix=prompt)
+            calls = tuple(ToolCall(c["function"]["name"], c["function"]["arguments"])
+                          for c in parsed.get("tool_calls", ()))
+            assert Message("assistant", parsed.get("content", ""), calls) == template.parse_reply(body)
+            assert template.parse_reply(body) == Message("assistant", messages[k].content.strip(),
+                                                         messages[k].tool_calls)
+            checked += 1
+    assert checked > 60

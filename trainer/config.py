@@ -16,6 +16,7 @@ from data.rules import (above, at_least, between, existing_dir, existing_file, n
                         positive_int)
 from eval.config import LOSS_IMPLS, ChatConfig, EvalConfig
 from models.config import ModelConfig, PeftConfig
+from models.serve import ServeConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -167,6 +168,7 @@ class InferenceConfig(RunConfig):
     checkpoint: Optional[str] = field(default=None, metadata=existing_dir())
     output_dir: Optional[str] = None  # None: <checkpoint>/eval/<eval.name>[_<eval.split>]
     chat: ChatConfig = field(default_factory=ChatConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)  # launch/serve.py; serve.url: chat/evaluate via a server
 
 
 def register_configs() -> None:

