@@ -1,15 +1,16 @@
-"""The `model` and `peft` config groups (what `conf/model/*.yaml` and `conf/peft/*.yaml` may set) and
-`conf/export.yaml`'s schema."""
+"""The `model` and `peft` config groups (what `conf/model/*.yaml` and `conf/peft/*.yaml` may set),
+`conf/export.yaml`'s schema and `serve.*` (launch/serve.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
-from data.rules import between, existing_dir, existing_file, matches, one_of, positive_int
+from data.rules import above, between, existing_dir, existing_file, matches, one_of, positive_int
 from data.templates import TEMPLATE_FAMILIES, TOOL_FORMATS, AutoTemplate
 
 TINY = "tiny"  # `model.path` value that selects the embedded default, built on first use
 DTYPES = ("float32", "bfloat16", "float16")
+SERVE_ENGINES = ("vllm", "transformers")
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flex_attention", "document_sdpa")
 PEFT_METHOD_NAMES = ("none", "lora", "dora", "qlora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning")
 RANK_METHODS = ("lora", "dora", "qlora")  # those that read peft.r and peft.alpha
@@ -77,3 +78,25 @@ class ExportConfig:
     dtype: Optional[str] = field(default=None, metadata=one_of(*DTYPES))
     # larger models are written as model-0000N-of-0000M.safetensors shards
     max_shard_size: str = field(default="5GB", metadata=matches(r"\d+(\.\d+)?\s*[KMGT]i?B", "a size like 500MB or 5GB"))
+
+
+@dataclass
+class ServeConfig:
+    """`serve.*`: how `launch/serve.py` serves a run, and where chat and evaluation find a server."""
+
+    # vllm | transformers (`transformers serve`: merged or full models only)
+    engine: str = field(default="transformers", metadata=one_of(*SERVE_ENGINES))
+    merge: bool = True  # serve the adapter merged into its base; false: base + adapter (vLLM --enable-lora)
+    host: str = "127.0.0.1"  # address the server binds (0.0.0.0: every interface)
+    port: int = field(default=8000, metadata=between(1, 65535))
+    # float32 | bfloat16 | float16; None: the run's model.dtype
+    dtype: Optional[str] = field(default=None, metadata=one_of(*DTYPES))
+    python: Optional[str] = None  # interpreter that has the engine (vLLM's own venv); None: this one
+    export_dir: Optional[str] = None  # None: <checkpoint>/serve/<merged|adapter>-<dtype>, reused when there
+    # seconds to wait until the server answers /v1/models
+    start_timeout: float = field(default=600, metadata=above(0))
+    extra_args: list[str] = field(default_factory=list)  # appended to the engine's command (e.g. [--max-model-len, "4096"])
+    # chat / evaluate through a server instead of in process: the server's OpenAI base URL
+    url: Optional[str] = field(default=None, metadata=matches(r"https?://\S+", "an http(s) URL, e.g. http://127.0.0.1:8000/v1"))
+    model: Optional[str] = None  # the served model to ask; None: the server's only one
+    api_key: str = "EMPTY"  # sent as the bearer token (local servers ignore it)

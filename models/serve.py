@@ -17,16 +17,16 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 from omegaconf import DictConfig
 
 from data.templates import get_template
+from models.config import ServeConfig
 from models.export import ADAPTER_FILES, call_family, export_checkpoint, run_config
 
-ENGINES = ("vllm", "transformers")
 # vLLM's --tool-call-parser for each call format (models.export.call_family).
 TOOL_CALL_PARSERS = {"chatml": "hermes", "qwen2.5": "hermes", "llama3": "llama3_json"}
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank accepts these
@@ -41,25 +41,6 @@ INSTALL = {
              "cannot find its own package metadata)"),
     "transformers": '`pip install "transformers[serving]"` (or `pip install -e ".[serve]"` in this checkout)',
 }
-
-
-@dataclass
-class ServeConfig:
-    """`serve.*`: how `launch/serve.py` serves a run, and where chat and evaluation find a server."""
-
-    engine: str = "transformers"  # vllm | transformers (`transformers serve`: merged or full models only)
-    merge: bool = True  # serve the adapter merged into its base; false: base + adapter (vLLM --enable-lora)
-    host: str = "127.0.0.1"  # address the server binds (0.0.0.0: every interface)
-    port: int = 8000
-    dtype: Optional[str] = None  # float32 | bfloat16 | float16; None: the run's model.dtype
-    python: Optional[str] = None  # interpreter that has the engine (vLLM's own venv); None: this one
-    export_dir: Optional[str] = None  # None: <checkpoint>/serve/<merged|adapter>-<dtype>, reused when there
-    start_timeout: float = 600  # seconds to wait until the server answers /v1/models
-    extra_args: list[str] = field(default_factory=list)  # appended to the engine's command (e.g. [--max-model-len, "4096"])
-    # chat / evaluate through a server instead of in process:
-    url: Optional[str] = None  # the server's OpenAI base URL, e.g. http://127.0.0.1:8000/v1
-    model: Optional[str] = None  # the served model to ask; None: the server's only one
-    api_key: str = "EMPTY"  # sent as the bearer token (local servers ignore it)
 
 
 @dataclass
@@ -110,8 +91,6 @@ def plan(cfg: ServeConfig | DictConfig, checkpoint: str | Path) -> ServePlan:
     """What serving `checkpoint` takes: checked against the run's config, nothing written yet."""
     checkpoint = Path(checkpoint).resolve()
     run = _run(checkpoint)
-    if cfg.engine not in ENGINES:
-        raise ValueError(f"serve.engine={cfg.engine!r}; allowed: {', '.join(ENGINES)}")
     parser = _tool_call_parser(run, checkpoint)
     adapter = _adapter(checkpoint)
     merge = bool(cfg.merge) or adapter is None  # a full fine-tuning checkpoint is served as is

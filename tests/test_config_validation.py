@@ -97,6 +97,11 @@ INFERENCE_ROWS = [  # launch/evaluate.py and launch/chat.py
     (f"checkpoint={MISSING}", "checkpoint"),
     ("chat.max_calls=-1", "chat.max_calls"),
     (f"chat.script={MISSING}.txt", "chat.script"),
+    ("serve.engine=tgi", "serve.engine"),  # and launch/serve.py
+    ("serve.port=70000", "serve.port"),
+    ("serve.dtype=int4", "serve.dtype"),
+    ("serve.start_timeout=0", "serve.start_timeout"),
+    ("serve.url=localhost:8000", "serve.url"),
 ]
 EXPORT_ROWS = [  # {tmp}: an existing directory
     ("output_dir={tmp}/x", "checkpoint"),  # checkpoint=??? left unset
@@ -245,6 +250,7 @@ ENTRY_POINTS = [
     ("evaluate.py", ["eval.batch_size=0"], "eval.batch_size"),
     ("chat.py", ["chat.max_calls=-1"], "chat.max_calls"),
     ("export.py", ["dtype=int8"], "dtype"),
+    ("serve.py", ["serve.port=0"], "serve.port"),
 ]
 
 

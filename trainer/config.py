@@ -15,8 +15,7 @@ from data.config import DataConfig
 from data.rules import (above, at_least, between, existing_dir, existing_file, non_negative_int, one_of, pair_between,
                         positive_int)
 from eval.config import LOSS_IMPLS, ChatConfig, EvalConfig
-from models.config import ModelConfig, PeftConfig
-from models.serve import ServeConfig
+from models.config import ModelConfig, PeftConfig, ServeConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
