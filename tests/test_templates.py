@@ -1,7 +1,6 @@
 """Chat templates: training prefix = inference prompt, bodies end where generation stops, replies parse back."""
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -58,11 +57,6 @@ CONVERSATIONS = {
 }
 
 
-def applies(family: str, fmt: str, tools: list) -> bool:
-    """Gemma has no native tool format: its native template takes text dialogues only."""
-    return not (family == "gemma" and fmt == "native" and tools)
-
-
 def text_of(pieces: list[Piece]) -> str:
     return "".join(p.text for p in pieces)
 
@@ -96,7 +90,7 @@ def body_of(pieces: list[Piece], start: int) -> str:
 def generated_turns():
     for family, fmt in CASES:
         for conv, (messages, tools) in CONVERSATIONS.items():
-            for k, msg in enumerate(messages if applies(family, fmt, tools) else []):
+            for k, msg in enumerate(messages):
                 if msg.role == "assistant":
                     yield family, fmt, conv, k
 
@@ -152,8 +146,6 @@ def test_generation_prompt(family, fmt):
 def test_every_turn_is_tagged_with_its_kind(family, fmt):
     template = get_template(family, fmt)
     for messages, tools in CONVERSATIONS.values():
-        if not applies(family, fmt, tools):
-            continue
         try:
             pieces = template.render(messages, tools)
         except NotPrefixStable:  # per-turn samples: each tags its own turn (test_inference_prompt_...)
@@ -186,7 +178,7 @@ def test_parse_reply_inverts_the_body(family, fmt, conv, k):
     assert template.parse_reply(body + "<junk after the stop>") == expected
 
 
-@pytest.mark.parametrize("family,fmt", [c for c in CASES if applies(*c, [TOOL])])
+@pytest.mark.parametrize("family,fmt", CASES)
 def test_broken_call_json_is_invalid(family, fmt):
     template = get_template(family, fmt)
     messages, tools = CONVERSATIONS["tools"]
@@ -223,13 +215,14 @@ RESULT = '[{"name": "北京瑞洁宾舍民宿", "price": 249}]'
 DIALOGUE = [Message("system", "你是酒店助手。"), Message("user", "找瑞洁宾舍"), call({"name": "瑞洁宾舍"}),
             result([{"name": "北京瑞洁宾舍民宿", "price": 249}]), Message("assistant", "为您查到北京瑞洁宾舍民宿。")]
 CUSTOM_SYSTEM = "你是酒店助手。\n\n" + CUSTOM_TOOLS_INTRO + "\n" + TOOL_JSON
+EXPECTED_HERMES_TOOLS = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function "
+    "signatures within <tools></tools> XML tags:\n<tools>\n" + TOOL_JSON + "\n</tools>\n\nFor each function call, "
+    "return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
 EXPECTED = {
     ("chatml", "native"):
-        "<|im_start|>system\n你是酒店助手。\n\n# Tools\n\nYou may call one or more functions to assist with the user "
-        "query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n" + TOOL_JSON
-        + "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-        "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
-        "<args-json-object>}\n</tool_call><|im_end|>\n<|im_start|>user\n找瑞洁宾舍<|im_end|>\n"
+        "<|im_start|>system\n你是酒店助手。\n\n" + EXPECTED_HERMES_TOOLS + "<|im_end|>\n<|im_start|>user\n找瑞洁宾舍<|im_end|>\n"
         '<|im_start|>assistant\n<tool_call>\n{"name": "search_hotels", "arguments": {"name": "瑞洁宾舍"}}\n'
         "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n" + RESULT + "\n</tool_response><|im_end|>\n"
         "<|im_start|>assistant\n为您查到北京瑞洁宾舍民宿。<|im_end|>\n",
@@ -262,6 +255,11 @@ EXPECTED = {
         "<s>[AVAILABLE_TOOLS] [" + TOOL_JSON + "][/AVAILABLE_TOOLS][INST] 你是酒店助手。\n\n找瑞洁宾舍[/INST]"
         '[TOOL_CALLS] [{"name": "search_hotels", "arguments": {"name": "瑞洁宾舍"}, "id": "000002000"}]</s>'
         '[TOOL_RESULTS] {"content": ' + RESULT + ', "call_id": "000002000"}[/TOOL_RESULTS] 为您查到北京瑞洁宾舍民宿。</s>',
+    ("gemma", "native"):  # Gemma's turns with Qwen2.5's tools block, <tool_call> and <tool_response>
+        "<bos><start_of_turn>user\n你是酒店助手。\n\n" + EXPECTED_HERMES_TOOLS + "\n\n找瑞洁宾舍<end_of_turn>\n"
+        '<start_of_turn>model\n<tool_call>\n{"name": "search_hotels", "arguments": {"name": "瑞洁宾舍"}}\n'
+        "</tool_call><end_of_turn>\n<start_of_turn>user\n<tool_response>\n" + RESULT + "\n</tool_response>"
+        "<end_of_turn>\n<start_of_turn>model\n为您查到北京瑞洁宾舍民宿。<end_of_turn>\n",
     ("gemma", "custom"):
         "<bos><start_of_turn>user\n" + CUSTOM_SYSTEM + "\n\n找瑞洁宾舍<end_of_turn>\n"
         '<start_of_turn>search\n{"name": "瑞洁宾舍"}<end_of_turn>\n<start_of_turn>return\n' + RESULT
@@ -278,12 +276,10 @@ def test_aliases_render_alike():
     assert text_of(get_template("glm4", "custom").render(DIALOGUE, [TOOL])) == EXPECTED["glm4", "native"]
 
 
-def test_gemma_native_is_text_only():
+def test_gemma_native_text_is_gemma_3s_own():
     text = [Message("system", "你是酒店助手。"), Message("user", " 你好 "), Message("assistant", "您好。")]
     assert text_of(get_template("gemma").render(text)) == (
         "<bos><start_of_turn>user\n你是酒店助手。\n\n你好<end_of_turn>\n<start_of_turn>model\n您好。<end_of_turn>\n")
-    with pytest.raises(ValueError, match="'gemma' has no native tool format; use model.tool_format=custom"):
-        get_template("gemma").render(DIALOGUE, [TOOL])
 
 
 def test_chatml_pieces_tag_bodies_only():
@@ -344,8 +340,6 @@ def test_special_tokens_cover_the_markers(family, fmt):
     specials = template.special_tokens()
     assert set(template.stop_strings) <= set(specials) and len(specials) == len(set(specials))
     for messages, tools in CONVERSATIONS.values():
-        if not applies(family, fmt, tools):
-            continue
         used = set(SPECIAL_LOOKING.findall(template.prompt(messages, tools)))
         assert used <= set(specials), used - set(specials)
 
@@ -383,22 +377,26 @@ def openai_style(msg: Message) -> dict:
     return {"role": msg.role, "content": msg.content}
 
 
-@pytest.fixture(scope="module")
-def hf_tokenizer():
+@pytest.fixture(scope="module", params=["chatml", "gemma"])
+def jinja_family(request):
+    """A native family with its Jinja file (chatml: the tiny tokenizer's; gemma: what model=gemma3 exports) in an
+    HF tokenizer."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    chat_template = (Path(__file__).resolve().parent.parent / "data" / "chat_templates" / "chatml.jinja").read_text()
+    template = get_template(request.param)
     backend = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=chat_template,
-                                   additional_special_tokens=get_template("chatml").special_tokens())
+    return template, PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=template.jinja(),
+                                             additional_special_tokens=template.special_tokens())
 
 
 @pytest.mark.parametrize("conv", list(CONVERSATIONS))
-def test_jinja_template_renders_what_python_renders(hf_tokenizer, conv):
-    template = get_template("chatml")
+def test_jinja_template_renders_what_python_renders(jinja_family, conv):
+    template, hf_tokenizer = jinja_family
     messages, tools = CONVERSATIONS[conv]
-    for k in range(1, len(messages) + 1):
+    # Gemma puts the system prompt in the first user turn: a prefix must reach one
+    first = next(i for i, m in enumerate(messages) if m.role == "user") if template.system_in_first_user else 0
+    for k in range(first + 1, len(messages) + 1):
         for tool_list in ([], tools) if tools else ([],):
             for generation in (False, True):
                 jinja = hf_tokenizer.apply_chat_template(

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.rules import ConfigError, check_config
 from models.config import RANK_METHODS, TINY
-from models.gguf import SMOLLM2
+from models.gguf import PACKAGED_MODELS
 
 
 def validate_run(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
@@ -45,7 +45,7 @@ def _check_model(cfg: DictConfig) -> None:
     from models.loading import check_model_files, resolve_model_path  # torch: imported only when needed
 
     model = cfg.model
-    if model.gguf_file or model.path == SMOLLM2:
+    if model.gguf_file or model.path in PACKAGED_MODELS:
         return
     if model.path == TINY:
         from models.tiny import tiny_config
