@@ -48,7 +48,6 @@ from trainer.redact import redacted_config
 from trainer.validate import validate_run
 
 
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -117,8 +116,6 @@ class Trainer:
         # fp16 loss scaling: ours for torch engines, DeepSpeed's own under DeepSpeed.
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16
                                       and cfg.dist.engine == "torch")
-        if cfg.sched.name not in SCHEDULES:
-            raise ValueError(f"sched.name={cfg.sched.name!r}; allowed: {list(SCHEDULES)}")
         # Counted before ZeRO-3 or FSDP shard the parameters (a shard holds only part of one).
         self.flops = model_flops(self.model, t.grad_ckpt)
         self.peak_flops = peak_flops(cfg.perf.peak_tflops, self.device, self.autocast_dtype or self.model.dtype)
