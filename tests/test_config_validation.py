@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, compose
 from hydra.core.config_store import ConfigStore
 
-from data.rules import check_config
+from data.rules import ConfigError, check_config
 from eval.cli import check_command_line
 from models.config import ExportConfig
 from trainer.config import register_configs
@@ -269,3 +269,14 @@ def test_entry_point_fails_in_one_line_before_importing_torch(script, overrides,
     assert_one_line(2, run.stderr.splitlines(), key)
     assert "Traceback" not in run.stderr and run.stdout.strip() == "torch imported: False"
     assert not list(tmp_path.iterdir())  # no output dir, no Hydra run dir, no log
+
+
+def test_warmup_longer_than_a_run_measured_in_epochs_fails_before_the_model_loads(hotel_overrides, monkeypatch):
+    """The run's length in steps is known once the data is packed: the check comes then, before the model."""
+    import trainer.loop
+
+    monkeypatch.setattr(trainer.loop, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    cfg = compose(*hotel_overrides, "train.max_steps=-1", "train.epochs=1", "sched.warmup_steps=1000")
+    with pytest.raises(ConfigError, match=r"^sched\.warmup_steps=1000: longer than the run \(\d+ steps: train\.epochs=1 "
+                       r"× \d+ steps per epoch\); allowed: 0 to \d+$"):
+        trainer.loop.Trainer(cfg)

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 
 from data.dataset import PackedSplit, load_split
 from data.packing import IGNORE_INDEX, collate_rows
+from data.rules import ConfigError
 from data.sampling import StepSampler
 from data.templates import get_template
 from eval.cli import cli_overrides
@@ -96,6 +97,10 @@ class Trainer:
         self.sampler = StepSampler(len(self.train_split), t.batch_size, t.grad_accum, self.dist.world_size,
                                    self.dist.rank, t.seed)
         self.max_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.sampler.steps_per_epoch))
+        if cfg.sched.warmup_steps > self.max_steps:  # a run measured in epochs has its length only now
+            raise ConfigError("sched.warmup_steps", cfg.sched.warmup_steps,
+                              f"longer than the run ({self.max_steps} steps: train.epochs={t.epochs:g} × "
+                              f"{self.sampler.steps_per_epoch} steps per epoch)", f"0 to {self.max_steps}")
         # A full disk or an unwritable output dir fails now, not at the first checkpoint hours from now.
         checkpoint.preflight(self.output_dir, checkpoint.estimated_size(
             resolve_model_path(cfg.model), full=self.method.config is None,
