@@ -14,8 +14,8 @@ from trainer.config import register_configs  # noqa: E402
 
 register_configs()
 # bitsandbytes (0.50, CPUs with AVX512-BF16) tries on import to fetch a CPU kernel from the Hugging Face hub
-# (`kernels-community`) and, when that fails (offline, or trust_remote_code off), warns on every start, asking
-# for trust_remote_code=True. Nothing here asked for that kernel; its own fallback is what runs. Only that
+# (`kernels-community`) and, when that fails (offline, or remote code not trusted), warns on every start, asking
+# to trust remote code. Nothing here asked for that kernel; its own fallback is what runs. Only that
 # warning is dropped; bitsandbytes' other warnings pass.
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
     lambda record: not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community"))

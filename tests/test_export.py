@@ -97,6 +97,19 @@ def dequantised_base(qlora_model: torch.nn.Module) -> torch.nn.Module:
     return base
 
 
+def checkpoint_with_model(final: Path, tmp_path: Path, **model: str) -> Path:
+    """A copy of the run's `final/` whose run config (config.yaml) has the `model.*` values given."""
+    from omegaconf import OmegaConf
+
+    checkpoint = tmp_path / "final"
+    shutil.copytree(final, checkpoint)
+    run = OmegaConf.load(final.parent / "config.yaml")
+    for key, value in model.items():
+        run.model[key] = value
+    OmegaConf.save(run, checkpoint / "config.yaml")
+    return checkpoint
+
+
 def test_qlora_merges_into_an_unquantised_copy_of_the_base(trained, tmp_path):
     model, final = trained("qlora")
     export_checkpoint(final, tmp_path / "merged", merge=True, dtype="float32")
@@ -155,17 +168,11 @@ def test_exported_chat_template_renders_what_training_saw(family, trained, tmp_p
     """apply_chat_template on the exported tokenizer reproduces the training text of every hotel test dialogue:
     the whole dialogue and each turn's prompt. (`qwen2.5`, `gemma`: the run's config names another family, whose
     template export then writes.)"""
-    from omegaconf import OmegaConf
-
     from data.templates import get_template, hf_messages
     from real_tokenizers import hotel_dialogues
 
     _, final = trained("lora")
-    checkpoint = tmp_path / "final"
-    shutil.copytree(final, checkpoint)
-    run = OmegaConf.load(final.parent / "config.yaml")
-    run.model.template = family
-    OmegaConf.save(run, checkpoint / "config.yaml")
+    checkpoint = checkpoint_with_model(final, tmp_path, template=family)
     what = export_checkpoint(checkpoint, tmp_path / "out")
     assert f"chat template: the one training used ({family})" in what
     exported = AutoTokenizer.from_pretrained(tmp_path / "out")
@@ -180,14 +187,8 @@ def test_exported_chat_template_renders_what_training_saw(family, trained, tmp_p
 
 
 def test_export_says_when_no_chat_template_renders_the_training_format(trained, tmp_path):
-    from omegaconf import OmegaConf
-
     _, final = trained("lora")
-    checkpoint = tmp_path / "final"
-    shutil.copytree(final, checkpoint)
-    run = OmegaConf.load(final.parent / "config.yaml")
-    run.model.tool_format = "custom"
-    OmegaConf.save(run, checkpoint / "config.yaml")
+    checkpoint = checkpoint_with_model(final, tmp_path, tool_format="custom")
     assert "no chat template renders 'chatml' with tool_format='custom'" in export_checkpoint(checkpoint, tmp_path / "o")
 
 
@@ -195,18 +196,12 @@ def test_export_says_when_no_chat_template_renders_the_training_format(trained, 
 def test_exported_response_template_parses_the_training_calls_back(family, trained, tmp_path):
     """`transformers serve` parses a generated turn with tokenizer_config.json's `response_template`: every call
     and reply of the hotel test dialogues, as training rendered it, parses back to the training turn."""
-    from omegaconf import OmegaConf
-
     from data.conversation import Message, ToolCall
     from data.templates import get_template
     from real_tokenizers import hotel_dialogues
 
     _, final = trained("lora")
-    checkpoint = tmp_path / "final"
-    shutil.copytree(final, checkpoint)
-    run = OmegaConf.load(final.parent / "config.yaml")
-    run.model.template = family
-    OmegaConf.save(run, checkpoint / "config.yaml")
+    checkpoint = checkpoint_with_model(final, tmp_path, template=family)
     assert "the response template that parses its calls" in export_checkpoint(checkpoint, tmp_path / "out")
     assert "response_template" in json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
     exported = AutoTokenizer.from_pretrained(tmp_path / "out")
