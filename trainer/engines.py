@@ -26,7 +26,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint
-from trainer.config import ENGINES, ZERO_STAGES
+from trainer.config import ZERO_STAGES
 from trainer.distributed import DistContext
 
 # (module whose trainable parameters the optimizer steps) -> (optimizer, learning-rate schedule)
@@ -377,8 +377,6 @@ def local_shard(param: torch.Tensor) -> torch.Tensor:
 
 def check_engine(cfg: DictConfig, quantized: bool, prompt_learning: bool) -> None:
     """Refuse, before any work, what an engine cannot do."""
-    if cfg.dist.engine not in ENGINES:
-        raise ValueError(f"dist.engine={cfg.dist.engine!r}; allowed: {list(ENGINES)}")
     if cfg.dist.engine == "fsdp":
         check_fsdp(cfg, quantized, prompt_learning)
     elif zero_stage(cfg) == 3 and quantized:
