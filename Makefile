@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 train: setup
-	$(BIN)/python launch/train.py $(ARGS)
+	$(BIN)/python launch/train.py recipe=quickstart $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

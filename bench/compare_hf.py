@@ -5,8 +5,10 @@
 
 Modes: `hf_padded` (Trainer, DataCollatorForSeq2Seq right-padding `--per-batch` dialogues),
 `hf_flat` (Trainer, padding-free DataCollatorWithFlattening over the same dialogues) and `ours`
-(`launch/train.py`, one packed row of `--tokens` per step). All three train LoRA r16/alpha 32/dropout
-0.05 on every linear layer, AdamW lr 1e-4 with a constant schedule, grad clip 1.0, on the same hotel
+(`launch/train.py`, one packed row of `--tokens` per step), plus `ours:NAME` for every `--variant
+NAME=KEY=VALUE,...` (the same run with those overrides, e.g. `--variant
+sac=train.grad_ckpt=true,train.grad_ckpt_policy=selective`). All train LoRA r16/alpha 32 without dropout on
+every linear layer, AdamW lr 1e-4 with a constant schedule, grad clip 1.0, on the same hotel
 dialogues encoded by the project's own data path (`data.dataset.encode_file`: input_ids + trained
 flags). The dialogues are the longest that fit `--tokens / --per-batch`, so every step holds about
 `--tokens` real tokens in every mode (the HF padded batches group similar lengths: little padding).
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bench.quiet import ForeignLoad, exclusive, median_spread, wait_until_quiet  # noqa: E402
 
 MODES = ("hf_padded", "hf_flat", "ours")
-LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 LR = 1e-4
 # Published Qwen2 configs (hidden, intermediate, layers, heads, kv heads, vocab, tied head).
 SHAPES = {
@@ -74,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in every mode")
     p.add_argument("--ours", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for the project's run (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                   help="one more mode `ours:NAME`: the project's run with these overrides as well (repeatable)")
     p.add_argument("--workdir", default=None, help="default: $TURNPACK_HOME/bench/compare_hf")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one HF mode
@@ -184,11 +188,12 @@ def make_plan(args: argparse.Namespace, model_dir: Path | None) -> dict:
 # ------------------------------------------------------------------ one mode per process
 def run_mode(args: argparse.Namespace, mode: str, plan_path: Path, plan: dict, model_dir: Path | None) -> dict:
     """Start the mode's process, wait for it with `os.wait4` (its own peak RSS) and read its steps."""
-    out = args.workdir / "runs" / mode
+    out = args.workdir / "runs" / mode.replace(":", "-")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    if mode == "ours":
-        cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *ours_overrides(args, plan, model_dir, out)]
+    if mode.startswith("ours"):
+        cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *ours_overrides(args, plan, model_dir, out),
+               *args.variants.get(mode, [])]
     else:
         cmd = [sys.executable, __file__, "--child", mode, "--plan", str(plan_path), *child_args(args)]
     with open(out / "log.txt", "w") as log, ForeignLoad() as others:
@@ -197,7 +202,7 @@ def run_mode(args: argparse.Namespace, mode: str, plan_path: Path, plan: dict, m
     if os.waitstatus_to_exitcode(status) != 0:
         tail = (out / "log.txt").read_text(errors="replace").splitlines()[-15:]
         return {"mode": mode, "error": f"exit {os.waitstatus_to_exitcode(status)}: " + " | ".join(tail)[-600:]}
-    steps = ours_steps(out) if mode == "ours" else json.loads((out / "steps.json").read_text())
+    steps = ours_steps(out) if mode.startswith("ours") else json.loads((out / "steps.json").read_text())
     return summarise(mode, steps, args.warmup, usage.ru_maxrss * 1024) | {
         "other_cores": others.cores(usage.ru_utime + usage.ru_stime)}
 
@@ -330,7 +335,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict], device: str) -> str:
-    ok = [r for r in rows if "error" not in r and r["mode"] != "ours"]
+    ok = [r for r in rows if "error" not in r and not r["mode"].startswith("ours")]
     best = max(ok, key=lambda r: r["tokens_per_s"]["median"]) if ok else None
     mem_key = "cuda_peak_gib" if device == "cuda" else "peak_rss_gib"
     mem_name = "max_memory_allocated" if device == "cuda" else "peak RSS"
@@ -357,8 +362,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         hf_child(args)
         return
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - set(MODES)
+    args.variants = {}
+    for variant in args.variant:
+        name, _, overrides = variant.partition("=")
+        if not name or "=" not in overrides:
+            raise SystemExit(f"--variant {variant!r}: expected NAME=KEY=VALUE[,KEY=VALUE]")
+        args.variants[f"ours:{name}"] = overrides.split(",")
+    modes = [m for m in args.modes.split(",") if m] + list(args.variants)
+    unknown = set(modes) - set(MODES) - set(args.variants)
     if unknown:
         raise SystemExit(f"--modes: unknown {sorted(unknown)}; allowed: {list(MODES)}")
     with exclusive(wait=args.wait_lock):

@@ -30,7 +30,7 @@ from eval.generate import GenerationSettings, TurnGenerator, model_generator
 from eval.hotel_db import load_db
 from eval.loss import evaluate_loss
 from eval.served import ServedGenerator
-from eval.turns import load_turns, predict_turns
+from eval.turns import before_after, load_turns, predict_turns
 from models.adapters import peft_method, quantization_config
 from models.export import run_config
 from models.loading import load_model, load_tokenizer
@@ -271,16 +271,6 @@ def evaluate_split_loss(cfg: DictConfig, loaded: Loaded, template: ChatTemplate,
     return result
 
 
-def _turn_text(turn: dict, limit: int = 300) -> str:
-    """One line for compare.md; a runaway generation is cut (predictions.jsonl has it whole)."""
-    role = turn["role"]
-    text = (f"{turn.get('name', 'search')} {json.dumps(turn['arguments'], ensure_ascii=False)}" if role == hotel.CALL
-            else turn["content"].replace("\n", " "))
-    if len(text) > limit:
-        text = f"{text[:limit]} … ({len(text) - limit} more characters)"
-    return {hotel.CALL: f"`{text}`", hotel.TEXT: text}.get(role, f"(invalid call) `{text}`")
-
-
 def compare_with_base(cfg: DictConfig, loaded: Loaded, template: ChatTemplate, labels: tuple[str, str]) -> Path:
     """compare.md: the base and the tuned model's replies to the first `eval.compare_n` turns (seed 001)."""
     turns = load_turns(split_path(cfg), cfg.data, template, cfg.eval.compare_n)
@@ -288,15 +278,10 @@ def compare_with_base(cfg: DictConfig, loaded: Loaded, template: ChatTemplate, l
     tuned = predict_turns(model_generator(loaded.model, loaded.tokenizer, template, settings), turns, desc="tuned")
     with base_model(loaded, cfg) as before:
         base = predict_turns(model_generator(before, loaded.tokenizer, template, settings), turns, desc="base")
-    lines = [f"# Before and after fine-tuning: {labels[0]} ({labels[1]}), first {len(turns)} {cfg.eval.split} turns",
-             ""]
-    for n, (turn, before, after) in enumerate(zip(turns, base, tuned), 1):
-        lines += [f"## {n}. {turn.source}, turn {turn.index}", "", f"- **User:** {turn.user}",
-                  f"- **Reference:** {_turn_text(turn.reference)}", f"- **Base:** {_turn_text(before['prediction'])}",
-                  f"- **Tuned:** {_turn_text(after['prediction'])}", ""]
+    title = f"Before and after fine-tuning: {labels[0]} ({labels[1]}), first {len(turns)} {cfg.eval.split} turns"
     path = output_dir(cfg) / "compare.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text(before_after(title, turns, base, tuned), encoding="utf-8")
     print(f"wrote {path}")
     return path
 

@@ -7,6 +7,7 @@ the model is asked exactly what it was taught to answer.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -19,7 +20,7 @@ from data.dataset import load_tools
 from data.formats import read_conversations
 from data.templates import ChatTemplate
 from eval.generate import GenerationSettings, TurnGenerator, model_generator
-from eval.hotel import as_turn, score_turn, slot_prf
+from eval.hotel import CALL, TEXT, as_turn, score_turn, slot_prf
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,25 @@ def task_metrics(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tem
     if n_texts:
         metrics["bleu4"] = bleu_sum / n_texts
     return metrics
+
+
+def turn_text(turn: dict, limit: int = 300) -> str:
+    """One markdown line for a turn record; a runaway generation is cut (predictions.jsonl has it whole)."""
+    role = turn["role"]
+    text = (f"{turn.get('name', 'search')} {json.dumps(turn['arguments'], ensure_ascii=False)}" if role == CALL
+            else turn["content"].replace("\n", " "))
+    if len(text) > limit:
+        text = f"{text[:limit]} … ({len(text) - limit} more characters)"
+    return {CALL: f"`{text}`", TEXT: text}.get(role, f"(invalid call) `{text}`")
+
+
+def before_after(title: str, turns: Sequence[Turn], before: Sequence[dict], after: Sequence[dict],
+                 labels: tuple[str, str] = ("Base", "Tuned")) -> str:
+    """Markdown: each turn's user line, reference, and the two predictions (records of `predict_turns`)."""
+    lines = [f"# {title}", ""]
+    for n, (turn, first, second) in enumerate(zip(turns, before, after), 1):
+        lines += [f"## {n}. {turn.source}, turn {turn.index}", "", f"- **User:** {turn.user}",
+                  f"- **Reference:** {turn_text(turn.reference)}",
+                  f"- **{labels[0]}:** {turn_text(first['prediction'])}",
+                  f"- **{labels[1]}:** {turn_text(second['prediction'])}", ""]
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ from data.rules import above, between, existing_dir, existing_file, matches, one
 from data.templates import TEMPLATE_FAMILIES, TOOL_FORMATS, AutoTemplate
 
 TINY = "tiny"  # `model.path` value that selects the embedded default, built on first use
+GRAD_CKPT_POLICIES = ("full", "selective")  # models/loading.py enable_activation_checkpointing
 DTYPES = ("float32", "bfloat16", "float16")
 SERVE_ENGINES = ("vllm", "transformers")
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flex_attention", "document_sdpa")

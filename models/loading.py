@@ -6,9 +6,12 @@ import re
 import warnings
 from pathlib import Path
 
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
 from models.attention import DOCUMENT_SDPA
 from models.attention import register as register_document_sdpa
-from models.config import DTYPES, TINY, ModelConfig
+from models.config import DTYPES, GRAD_CKPT_POLICIES, TINY, ModelConfig
 from models.gguf import PACKAGED_MODELS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -145,15 +148,49 @@ def keep_4bit_layout_on_cpu(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def enable_activation_checkpointing(model) -> None:
-    """Recompute each decoder layer in the backward (non-reentrant, so frozen inputs still get gradients).
+def enable_activation_checkpointing(model, policy: str = "full", every: int = 1) -> None:
+    """Recompute decoder layers in the backward (non-reentrant, so frozen inputs still get gradients).
 
-    transformers 5.x renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`; the
-    old name warns, so the new one is used where it exists.
+    `policy="full"` keeps only each checkpointed layer's input; `"selective"` also keeps what is costly to
+    recompute — matmul and attention outputs — and reruns only the elementwise ops (torch's selective
+    checkpoint contexts, torchtitan's op-level policy). `every=k` checkpoints layers 0, k, 2k, ...; the others
+    keep all their activations (transformers' `every_n_layers`). transformers 5.x renamed
+    `gradient_checkpointing_enable` to `activation_checkpointing_enable`; the old name warns, so the new one is
+    used where it exists.
     """
+    if policy not in GRAD_CKPT_POLICIES:
+        raise ValueError(f"train.grad_ckpt_policy={policy!r}; allowed: {list(GRAD_CKPT_POLICIES)}")
     kwargs = {"use_reentrant": False}
+    if policy == "selective":
+        kwargs["context_fn"] = selective_checkpoint_contexts
     if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, every_n_layers=every)
     model.enable_input_require_grads()
+
+
+# Matmuls whose reduction is at most this long are cheap to rerun (LoRA's up-projection reduces over the rank).
+CHEAP_REDUCTION = 128
+_ATTENTION_KERNELS = tuple(getattr(torch.ops.aten, name).default for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"))
+_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)  # linear layers (bmm: attention scores)
+
+
+def _keep_costly_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Save what costs FLOPs to recompute: fused attention, and linear layers' matmuls that reduce over more
+    than `CHEAP_REDUCTION` (the base weights; LoRA's rank-r up-projection is rerun). Everything else reruns,
+    masked attention's score matrices included."""
+    if op in _ATTENTION_KERNELS:
+        return CheckpointPolicy.MUST_SAVE
+    if op in _MATMULS:
+        left = args[1] if op is torch.ops.aten.addmm.default else args[0]
+        if left.shape[-1] > CHEAP_REDUCTION:
+            return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def selective_checkpoint_contexts():
+    """Contexts for `torch.utils.checkpoint.checkpoint(context_fn=...)`: the selective policy."""
+    return create_selective_checkpoint_contexts(_keep_costly_outputs)

@@ -26,7 +26,10 @@ layers and for attention kernels that never store the s x s score matrix (SDPA, 
                      input is the attention output already counted) and + w * h per norm
                      LoRA: (a + 1) * in_features per adapted linear (peft's fp32 cast comes back as
                      autocast's bf16 copy, plus CUDA's bool dropout mask; + 0 without dropout)
-    with grad ckpt   layers * w * h (each layer's input) + one layer's activations (recomputed in backward)
+    with grad ckpt   layers * w * h (each layer's input) + one layer's activations (recomputed in backward);
+                     `grad_ckpt_every=k`: only ceil(layers / k) layers are checkpointed, the rest keep all;
+                     `grad_ckpt_policy=selective`: each checkpointed layer also keeps its base linears' outputs,
+                     the attention output and LoRA's rank-r outputs, a * (q + 2kv' + 2h + 2I + q + n_lora * r)
     outside layers   final norm, RoPE cos/sin, the shared mask (sdpa: s bytes, eager: a * s)
 
 where q = heads * head_dim, kv' = kv_heads * head_dim, or q when transformers repeats K/V for SDPA
@@ -49,7 +52,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from models.config import ATTENTION
+from models.config import ATTENTION, GRAD_CKPT_POLICIES
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -201,6 +204,8 @@ class Setup:
     batch_size: int = 1  # rows per micro-batch per GPU
     seq_len: int = 4096
     grad_ckpt: bool = False
+    grad_ckpt_policy: str = "full"  # train.grad_ckpt_policy
+    grad_ckpt_every: int = 1  # train.grad_ckpt_every
     attn_implementation: str = "sdpa"
     loss_impl: str = "chunked"  # train.loss_impl
     loss_chunk: int = 1024  # train.loss_chunk
@@ -216,7 +221,8 @@ class Setup:
         fields = dict(peft=cfg.peft.method, lora_r=cfg.peft.get("r", 0), lora_targets=tuple(targets),
                       lora_dropout=cfg.peft.get("dropout", 0.0), dtype=cfg.model.dtype, precision=cfg.train.precision,
                       optimizer=cfg.optim.name, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
-                      grad_ckpt=cfg.train.grad_ckpt, attn_implementation=cfg.model.attn_implementation,
+                      grad_ckpt=cfg.train.grad_ckpt, grad_ckpt_policy=cfg.train.get("grad_ckpt_policy", "full"),
+                      grad_ckpt_every=cfg.train.get("grad_ckpt_every", 1), attn_implementation=cfg.model.attn_implementation,
                       loss_impl=cfg.train.get("loss_impl", "chunked"), loss_chunk=cfg.train.get("loss_chunk", 1024),
                       double_quant=cfg.peft.get("double_quant", True), zero_stage=sharding_stage(cfg.dist))
         return cls(**fields | options)
@@ -226,6 +232,7 @@ class Setup:
                                      ("optim.name", self.optimizer, OPTIMIZER_STATE_BYTES),
                                      ("model.attn_implementation", self.attn_implementation, ATTENTION),
                                      ("train.loss_impl", self.loss_impl, LOSS_IMPLS),
+                                     ("train.grad_ckpt_policy", self.grad_ckpt_policy, GRAD_CKPT_POLICIES),
                                      ("zero stage", self.zero_stage, (0, 1, 2, 3))):
             if value not in allowed:
                 raise ValueError(f"memory estimate: {name}={value!r}; allowed: {list(allowed)}")
@@ -295,12 +302,25 @@ def _layer_activations(arch: Architecture, setup: Setup, adapted: tuple[Linear, 
     return total + len(adapted) * setup.lora_r * (a if autocast else LORA_BYTES)  # lora_A outputs
 
 
+def _costly_outputs(arch: Architecture, setup: Setup, adapted: tuple[Linear, ...]) -> float:
+    """Bytes per token the selective policy keeps besides a layer's input: the base linears' outputs, the
+    attention output and its logsumexp, each LoRA down-projection's rank-r output (models/loading.py)."""
+    a, _ = _element_bytes(setup)
+    q, kv = arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
+    linears = q + 2 * kv + arch.hidden + 2 * arch.intermediate + arch.hidden  # q, k, v, o, gate, up, down
+    return a * (linears + q + len(adapted) * setup.lora_r) + 4 * arch.heads
+
+
 def activation_bytes(arch: Architecture, setup: Setup) -> float:
     """Saved-for-backward bytes of one micro-batch, logits excluded (module docstring)."""
     adapted = adapted_linears(arch, setup.lora_targets) if setup.peft != "none" else ()
     a, w = _element_bytes(setup)
     layer = _layer_activations(arch, setup, adapted)
-    layers = arch.layers * w * arch.hidden + layer if setup.grad_ckpt else arch.layers * layer
+    layers = arch.layers * layer
+    if setup.grad_ckpt:
+        checkpointed = math.ceil(arch.layers / setup.grad_ckpt_every)
+        kept = w * arch.hidden + (_costly_outputs(arch, setup, adapted) if setup.grad_ckpt_policy == "selective" else 0)
+        layers += checkpointed * (kept - layer) + layer
     mask = {"sdpa": 1, "eager": a}.get(setup.attn_implementation, 0) * setup.seq_len
     outside = 4 * arch.hidden + 4 + (2 * w * arch.hidden if setup.peft == "none" else 0) + 2 * w * arch.head_dim
     return setup.batch_size * setup.seq_len * (layers + outside + mask)
@@ -388,13 +408,19 @@ def estimate_memory(config: PretrainedConfig, setup: Setup) -> MemoryBreakdown:
                            setup=setup, notes=tuple(notes))
 
 
+def _ckpt_label(s: Setup) -> str:
+    if not s.grad_ckpt:
+        return "off"
+    return s.grad_ckpt_policy + (f", every {s.grad_ckpt_every} layers" if s.grad_ckpt_every > 1 else "")
+
+
 def format_table(b: MemoryBreakdown) -> str:
     """The breakdown as printed by launch/estimate_memory.py."""
     s = b.setup
     method = s.peft if s.peft == "none" else f"{s.peft} r={s.lora_r} on {','.join(s.lora_targets)}"
     where = "one GPU" if not s.zero_stage else f"per rank, ZeRO-{s.zero_stage} x {s.world_size} GPUs"
     rows = [("weights", b.weights), ("gradients", b.gradients), ("optimizer states", b.optimizer_states),
-            (f"activations (grad ckpt {'on' if s.grad_ckpt else 'off'})", b.activations),
+            (f"activations (grad ckpt {_ckpt_label(s)})", b.activations),
             (f"logits + loss ({s.loss_impl})", b.logits),
             ("peak = weights + optimizer + max(activations + logits, gradients)", b.peak)]
     width = max(len(name) for name, _ in rows)

@@ -37,7 +37,7 @@ def test_flops_per_token_follow_the_method():
     assert m.training([3]) == (600 + 96) + (660 + 192)
     full = ModelFlops(100, 100, 60, 4)
     assert full.training([3]) - m.training([3]) == 2 * 90 * 3  # frozen weights: no weight-gradient matmul
-    ckpt = ModelFlops(100, 10, 60, 4, grad_ckpt=True)
+    ckpt = ModelFlops(100, 10, 60, 4, rerun_share=1.0)
     assert ckpt.training([3]) - m.training([3]) == 2 * 60 * 3 + 96  # decoder layers' forward once more
     # attention over the packed documents' own lengths, not the row's
     assert m.training([2, 2]) < m.training([4])
@@ -49,8 +49,8 @@ def test_flops_read_off_the_model(hotel_overrides):
     from models.loading import load_model
 
     lora_cfg, full_cfg = compose(*hotel_overrides), compose(*hotel_overrides, "peft=none")
-    lora = model_flops(apply_peft(load_model(lora_cfg.model), lora_cfg.peft, lora_cfg.model), grad_ckpt=False)
-    full = model_flops(apply_peft(load_model(full_cfg.model), full_cfg.peft, full_cfg.model), grad_ckpt=True)
+    lora = model_flops(apply_peft(load_model(lora_cfg.model), lora_cfg.peft, lora_cfg.model))
+    full = model_flops(apply_peft(load_model(full_cfg.model), full_cfg.peft, full_cfg.model), rerun_every=1)
     assert full.trainable_weights == full.matmul_weights  # every weight (LM head included) gets its gradient
     lora_linears = lora.matmul_weights - full.matmul_weights
     assert lora.trainable_weights == lora_linears > 0  # only the adapters train

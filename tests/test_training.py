@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import assert_resume_matches, compose, reload_adapter_and_compare
+from eval.turns import turn_text
 from trainer.loop import Trainer
 
 
@@ -88,3 +89,28 @@ def test_compiled_layers_train_like_eager_without_recompiling(hotel_overrides, t
 def test_compile_refuses_what_would_silently_run_uncompiled(hotel_overrides):
     with pytest.raises(ValueError, match="does not combine with train.grad_ckpt=true"):
         Trainer(compose(*hotel_overrides, "train.compile=true", "train.grad_ckpt=true"))
+
+
+def test_dev_turns_are_answered_before_and_after_training(hotel_overrides, tmp_path, capsys):
+    trainer = Trainer(compose(*hotel_overrides, "train.max_steps=2", "train.show_dev_turns=2", "optim.lr=1e-2",
+                              "eval.max_new_tokens=8"))
+    untrained = trainer.answer_dev_turns()  # greedy: what train() shows for step 0
+    trainer.train()
+    trained = trainer.answer_dev_turns()
+    shown = (tmp_path / "run" / "before_after.md").read_text(encoding="utf-8")
+    assert shown in capsys.readouterr().out
+    turns = trainer.shown_turns
+    assert len(turns) == 2 and shown.count("- **Reference:**") == 2
+    for n, (turn, before, after) in enumerate(zip(turns, untrained, trained), 1):
+        assert f"## {n}. {turn.source}, turn {turn.index}" in shown and f"**User:** {turn.user}" in shown
+        assert f"- **Reference:** {turn_text(turn.reference)}" in shown
+        assert f"- **Step 0:** {turn_text(before['prediction'])}" in shown
+        assert f"- **Step 2:** {turn_text(after['prediction'])}" in shown
+
+
+def test_the_quickstart_recipe_fine_tunes_smollm2_and_shows_progress():
+    cfg = compose("recipe=quickstart")
+    assert (cfg.model.name, cfg.peft.method, list(cfg.peft.target_modules)) == ("smollm2", "lora", ["all-linear"])
+    assert cfg.data.dev and cfg.train.eval_every > 0 and cfg.train.show_dev_turns == 1
+    assert cfg.train.max_steps * cfg.train.seq_len <= 16384  # sized for ~3 minutes on 2 CPU cores
+    assert compose("recipe=quickstart", "train.max_steps=3").train.max_steps == 3  # the command line still wins

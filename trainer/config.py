@@ -15,7 +15,7 @@ from data.config import DataConfig
 from data.rules import (above, at_least, between, existing_dir, existing_file, non_negative_int, one_of, pair_between,
                         positive_int)
 from eval.config import LOSS_IMPLS, ChatConfig, EvalConfig
-from models.config import ModelConfig, PeftConfig, ServeConfig
+from models.config import GRAD_CKPT_POLICIES, ModelConfig, PeftConfig, ServeConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -50,12 +50,18 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=at_least(0))  # max global grad norm; 0 disables clipping
     # auto (bf16 autocast where supported, else fp32) | bf16 | fp16 | fp32
     precision: str = field(default="auto", metadata=one_of(*PRECISIONS))
-    grad_ckpt: bool = False  # gradient checkpointing
+    grad_ckpt: bool = False  # activation (gradient) checkpointing of decoder layers
+    # full: keep each checkpointed layer's input, recompute the rest | selective: keep matmul and attention
+    # outputs, recompute the cheap elementwise ops (norms, activations, RoPE, residual adds)
+    grad_ckpt_policy: str = field(default="full", metadata=one_of(*GRAD_CKPT_POLICIES))
+    grad_ckpt_every: int = field(default=1, metadata=positive_int())  # checkpoint every k-th layer; the rest keep all
     device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))  # auto | cpu | cuda
     # dev micro-batches per evaluation; 0: the whole dev split
     eval_batches: int = field(default=0, metadata=non_negative_int())
     # steps between slot-F1/BLEU evals on eval.subset dev turns; 0: never
     eval_generate_every: int = field(default=0, metadata=non_negative_int())
+    # the first N dev turns answered before training and after it, printed and written to before_after.md
+    show_dev_turns: int = field(default=0, metadata=non_negative_int())
     # chunked (head + cross-entropy on trained tokens, in chunks) | full | liger (CUDA)
     loss_impl: str = field(default="chunked", metadata=one_of(*LOSS_IMPLS))
     # trained tokens per head chunk (loss_impl=chunked): memory O(chunk × vocab)

@@ -383,8 +383,9 @@ def check_engine(cfg: DictConfig, quantized: bool, prompt_learning: bool) -> Non
         raise ValueError(f"dist={cfg.dist.name} with peft=qlora: ZeRO-3 cannot partition bitsandbytes 4-bit "
                          "weights in this trainer; use dist=zero2 or dist=ddp (4-bit weights are small anyway)")
     sharded = "FSDP" if cfg.dist.engine == "fsdp" else "ZeRO-3" if zero_stage(cfg) == 3 else None
-    if sharded and cfg.data.dev and cfg.train.eval_generate_every > 0:
-        raise ValueError(f"train.eval_generate_every={cfg.train.eval_generate_every} with dist={cfg.dist.name}: "
+    generating = [key for key in ("eval_generate_every", "show_dev_turns") if cfg.train[key] > 0]
+    if sharded and cfg.data.dev and generating:
+        raise ValueError(f"train.{generating[0]}={cfg.train[generating[0]]} with dist={cfg.dist.name}: "
                          f"generation during {sharded} training is not supported (every forward gathers weights "
                          "from all ranks, which would generate different lengths in lock step); set it to 0 and "
                          "score a checkpoint with launch/evaluate.py")

@@ -5,12 +5,14 @@ forward and 2 more backward for the gradient of its input; only trainable weight
 2 of their own weight-gradient matmul, so a LoRA step is far cheaper than 6 × parameters. Causal
 attention costs 2 × head_dim FLOPs per (query, key) pair for the scores and as many for the weighted
 sum, twice that backward, over each packed document's own pairs L(L+1)/2: packed documents do not
-attend to each other, and padding is not counted. Gradient checkpointing runs the decoder layers'
-forward once more during backward. Element-wise work (norms, activations, softmax, the DoRA
+attend to each other, and padding is not counted. Full gradient checkpointing runs the checkpointed decoder
+layers' forward once more during backward; the selective policy keeps the matmul and attention outputs, so it
+reruns only element-wise work. Element-wise work (norms, activations, softmax, the DoRA
 magnitude) is left out, as usual for MFU.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -35,7 +37,7 @@ class ModelFlops:
     trainable_weights: int  # of those, the ones that receive a weight gradient
     layer_weights: int  # of those, the ones inside decoder layers (rerun under gradient checkpointing)
     attention_width: int  # decoder layers × query heads × head_dim
-    grad_ckpt: bool = False
+    rerun_share: float = 0.0  # share of the decoder layers whose forward matmuls run again in the backward
 
     def training(self, doc_lengths: Iterable[int]) -> float:
         """FLOPs of one forward + backward over documents of these lengths."""
@@ -45,12 +47,13 @@ class ModelFlops:
         attention = 4 * self.attention_width * pairs  # forward: scores + weighted sum
         forward = 2 * self.matmul_weights * tokens + attention
         backward = (2 * self.matmul_weights + 2 * self.trainable_weights) * tokens + 2 * attention
-        recompute = 2 * self.layer_weights * tokens + attention if self.grad_ckpt else 0
+        recompute = self.rerun_share * (2 * self.layer_weights * tokens + attention)
         return float(forward + backward + recompute)
 
 
-def model_flops(model: nn.Module, grad_ckpt: bool) -> ModelFlops:
-    """Read the matmul sizes off the model: linear layers, which weights train, the attention shape."""
+def model_flops(model: nn.Module, rerun_every: int = 0) -> ModelFlops:
+    """Read the matmul sizes off the model: linear layers, which weights train, the attention shape.
+    `rerun_every=k`: every k-th decoder layer's matmuls run again in the backward (0: none)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     in_layers = {id(m) for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)
@@ -64,8 +67,10 @@ def model_flops(model: nn.Module, grad_ckpt: bool) -> ModelFlops:
             layer += n if id(module) in in_layers else 0
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    width = config.num_hidden_layers * config.num_attention_heads * head_dim
-    return ModelFlops(matmul, trainable, layer, width, grad_ckpt)
+    layers = config.num_hidden_layers
+    width = layers * config.num_attention_heads * head_dim
+    rerun = math.ceil(layers / rerun_every) / layers if rerun_every else 0.0
+    return ModelFlops(matmul, trainable, layer, width, rerun)
 
 
 def document_lengths(position_ids: torch.Tensor) -> list[int]:

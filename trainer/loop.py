@@ -31,9 +31,9 @@ from data.rules import ConfigError
 from data.sampling import StepSampler
 from data.templates import get_template
 from eval.cli import cli_overrides
-from eval.generate import GenerationSettings
+from eval.generate import GenerationSettings, model_generator
 from eval.loss import evaluate_loss, summed_token_loss, trained_positions
-from eval.turns import load_turns, task_metrics
+from eval.turns import before_after, load_turns, predict_turns, task_metrics
 from models.adapters import (apply_peft, count_parameters, describe_parameters, peft_method, quantization_config,
                              unpacked_note)
 from models.compile import compile_decoder_layers
@@ -94,6 +94,9 @@ class Trainer:
         turns = (load_turns(cfg.data.dev, cfg.data, self.template, cfg.eval.subset)
                  if cfg.data.dev and t.eval_generate_every > 0 else [])
         self.dev_turns = turns[self.dist.rank::self.dist.world_size]
+        # Answered before and after training, by the main rank (sharded engines refuse it: trainer/engines.py).
+        self.shown_turns = (load_turns(cfg.data.dev, cfg.data, self.template, t.show_dev_turns)
+                            if cfg.data.dev and t.show_dev_turns > 0 else [])
         self.sampler = StepSampler(len(self.train_split), t.batch_size, t.grad_accum, self.dist.world_size,
                                    self.dist.rank, t.seed)
         self.max_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * self.sampler.steps_per_epoch))
@@ -113,7 +116,7 @@ class Trainer:
         model = load_model(cfg.model, device=None if self.zero3_loading else self.device,
                            quantization=quantization_config(cfg.peft))
         if t.grad_ckpt:
-            enable_activation_checkpointing(model)
+            enable_activation_checkpointing(model, t.grad_ckpt_policy, t.grad_ckpt_every)
         self.model = apply_peft(model, cfg.peft, cfg.model).to(self.device)
         self.model.train()
         # Regional compilation (models/compile.py): the layers in place, before DDP wraps or FSDP shards them.
@@ -122,7 +125,8 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16
                                       and cfg.dist.engine == "torch")
         # Counted before ZeRO-3 or FSDP shard the parameters (a shard holds only part of one).
-        self.flops = model_flops(self.model, t.grad_ckpt)
+        full_ckpt = t.grad_ckpt and t.grad_ckpt_policy == "full"
+        self.flops = model_flops(self.model, rerun_every=t.grad_ckpt_every if full_ckpt else 0)
         self.peak_flops = peak_flops(cfg.perf.peak_tflops, self.device, self.autocast_dtype or self.model.dtype)
         trainable, total = count_parameters(self.model)
         self.parameter_report = describe_parameters(self.model)
@@ -271,6 +275,7 @@ class Trainer:
                        f"× world {self.dist.world_size}; {self.max_steps} steps "
                        f"({self.sampler.steps_per_epoch} per epoch); dist={self.cfg.dist.name} "
                        f"({type(self.engine).__name__})")
+        answered_at, answers = self.step, self.answer_dev_turns()
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.dist.is_main, desc="train",
                    dynamic_ncols=True)
         with self.preemption, self.naming_a_failure():
@@ -296,6 +301,7 @@ class Trainer:
             metrics = self.maybe_evaluate(force=True)
             self.maybe_checkpoint(final=True)
         bar.close()
+        self.show_before_after(answered_at, answers)
         self.logger.finish(self.summary(metrics))
         return metrics
 
@@ -386,6 +392,23 @@ class Trainer:
             logged |= {f"eval/{name}": value for name, value in scores.items()}
         self.logger.log(self.step, logged)
         return logged
+
+    def answer_dev_turns(self) -> list[dict[str, Any]]:
+        """The model's answers to the `train.show_dev_turns` dev turns now (none when off)."""
+        if not self.shown_turns or not self.dist.is_main:
+            return []
+        settings = GenerationSettings.from_config(self.cfg.eval)
+        return predict_turns(model_generator(self.model, self.tokenizer, self.template, settings, self.autocast),
+                             self.shown_turns)
+
+    def show_before_after(self, start: int, before: list[dict[str, Any]]) -> None:
+        """The shown dev turns answered at step `start` and now: printed and written to before_after.md."""
+        if not before:
+            return
+        text = before_after(f"Dev turns before and after training: step {start} and step {self.step}",
+                            self.shown_turns, before, self.answer_dev_turns(), (f"Step {start}", f"Step {self.step}"))
+        (self.output_dir / "before_after.md").write_text(text, encoding="utf-8")
+        tqdm.write(text)
 
     def dev_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """This rank's share of the dev rows in micro-batches (the first `eval_batches` of them).

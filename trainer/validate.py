@@ -19,7 +19,7 @@ def validate_run(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
     t, sched = cfg.train, cfg.sched
     given = {o.partition("=")[0].lstrip("+~") for o in overrides}
     warnings = []
-    for key in ("train.eval_every", "train.eval_generate_every"):
+    for key in ("train.eval_every", "train.eval_generate_every", "train.show_dev_turns"):
         value = OmegaConf.select(cfg, key)
         if value > 0 and not cfg.data.dev:
             if key in given:  # asked for on the command line: an error; from a preset: a warning
