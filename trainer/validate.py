@@ -26,6 +26,10 @@ def validate_run(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
                 raise ConfigError(key, value, "there is no dev split to evaluate (data.dev is unset)",
                                   "0, or set data.dev=<file>")
             warnings.append(f"{key}={value} does nothing: there is no dev split (data.dev is unset)")
+    unused = sorted(given & {"train.grad_ckpt_policy", "train.grad_ckpt_every"})
+    if unused and not t.grad_ckpt:
+        raise ConfigError(unused[0], OmegaConf.select(cfg, unused[0]), "checkpointing is off (train.grad_ckpt=false)",
+                          "add train.grad_ckpt=true")
     if t.max_steps > 0 and sched.warmup_steps > t.max_steps:
         raise ConfigError("sched.warmup_steps", sched.warmup_steps,
                           f"longer than the run (train.max_steps={t.max_steps})", f"0 to {t.max_steps}")
