@@ -38,7 +38,7 @@ TRAIN_ROWS = [
     ("train.loss_chunk=0", "train.loss_chunk"),
     ("train.grad_ckpt_policy=some", "train.grad_ckpt_policy"),
     ("train.grad_ckpt_every=0", "train.grad_ckpt_every"),
-    ("train.grad_ckpt_policy=selective", "train.grad_ckpt_policy=selective: checkpointing is off"),
+    ("train.grad_ckpt_policy=selective", "train.grad_ckpt_policy"),  # with train.grad_ckpt=false: does nothing
     ("train.device=tpu", "train.device"),
     ("train.grad_clip=-1", "train.grad_clip"),
     ("train.sqe_len=5", "train.sqe_len"),  # a typo: Hydra's schema error, in our one line
