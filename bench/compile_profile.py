@@ -73,8 +73,7 @@ def child(overrides: list[str], warmup: int, steps: int) -> dict:
     return {"warmup_s": warm, "step_s": timed, "by_kind": dict(by_kind), "top_ops": by_op.most_common(12),
             "graphs": trainer.compiled.graphs if trainer.compiled else 0,
             "graph_breaks": sum(counters["graph_break"].values()),
-            "recompiles": sum(v for k, v in counters["recompiles"].items()) if "recompiles" in counters else 0,
-            "unique_graphs": counters["stats"].get("unique_graphs", 0)}
+            "recompiles": sum(counters["recompiles"].values())}
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -24,8 +25,7 @@ from data.encoding import encode_messages  # noqa: E402
 from data.formats import read_conversations  # noqa: E402
 from data.packing import build_row, collate_rows  # noqa: E402
 from data.templates import get_template  # noqa: E402
-from models.loading import load_model, load_tokenizer  # noqa: E402
-
+from models.loading import load_model, load_tokenizer, resolve_model_path  # noqa: E402
 
 
 def compose_run(model: str):
@@ -53,7 +53,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = compose_run(args.model)
     tokenizer = load_tokenizer(cfg.model)
-    config_window = load_model(cfg.model).config.sliding_window
+    config_window = AutoConfig.from_pretrained(resolve_model_path(cfg.model)).sliding_window
     template = get_template(cfg.model.template, cfg.model.tool_format, tokenizer)
     data = cfg.data
     docs = []

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 from conftest import ROOT, compose
 from eval.loss import summed_token_loss
 from models.adapters import apply_peft, count_parameters, quantization_config
-from models.loading import load_model
+from models.loading import enable_activation_checkpointing, load_model
 from models.memory import (FAMILIES, OPTIMIZER_STATE_BYTES, Setup, architecture, estimate_memory, format_table,
                            load_model_config)
 from trainer.optim import OPTIMIZERS, build_optimizer
@@ -36,8 +36,7 @@ def build_model(cfg, device: torch.device) -> nn.Module:
     """`cfg.model.path` loaded and adapted for training as trainer/loop.py does it."""
     model = load_model(cfg.model, device=device, quantization=quantization_config(cfg.peft))
     if cfg.train.grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        enable_activation_checkpointing(model, cfg.train.grad_ckpt_policy, cfg.train.grad_ckpt_every)
     return apply_peft(model, cfg.peft, cfg.model).to(device).train()
 
 
