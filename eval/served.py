@@ -9,7 +9,6 @@ parse with HTTP 400 ("... could not parse ..."): that turn is an invalid call to
 from __future__ import annotations
 
 import json
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 from data.conversation import Message, ToolCall
 from data.templates import hf_messages
 from eval.generate import GenerationSettings, Generated, History
+from models.serve import openai_client
 
 
 def chat_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -45,8 +45,7 @@ class ServedGenerator:
                  parse_text: Callable[[str], Message], api_key: str = "EMPTY", timeout: float = 600):
         import openai
 
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-        self.client = openai.OpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=2)
+        self.client = openai_client(url, api_key, timeout=timeout, max_retries=2)
         try:
             served = [m.id for m in self.client.models.list()]
         except (openai.APIConnectionError, openai.APIStatusError) as err:
@@ -71,9 +70,10 @@ class ServedGenerator:
                 model=self.model, messages=chat_messages(messages), max_tokens=self.settings.max_new_tokens,
                 **({"tools": list(tools)} if tools else {}), **self._sampling())
         except openai.BadRequestError as err:
-            if "could not parse" not in str(err):
+            detail = err.response.text  # openai 3.x keeps the body out of str(err)
+            if "could not parse" not in detail:
                 raise
-            return Generated(f"(the server could not parse the turn: {err})", Message("invalid", str(err)))
+            return Generated(f"(the server could not parse the turn: {detail})", Message("invalid", detail))
         reply = response.choices[0].message
         if reply.tool_calls:
             calls = [_call(c.function) for c in reply.tool_calls]

@@ -167,13 +167,22 @@ def start(command: list[str], log: IO | None = None) -> subprocess.Popen:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def openai_client(url: str, api_key: str = "EMPTY", **options: Any) -> Any:
+    """An `openai.OpenAI` client for `url`, without the INFO line its HTTP library logs per request (`httpx`;
+    `httpx2` in openai 3.x)."""
+    import openai
+
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return openai.OpenAI(base_url=url, api_key=api_key, **options)
+
+
 def wait_ready(process: subprocess.Popen, url: str, timeout: float, api_key: str = "EMPTY") -> list[str]:
     """Wait until the server lists its models at `<url>/models`; returns their ids. Raises if it exits first
     or does not answer within `timeout` seconds."""
     import openai
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=10)
+    client = openai_client(url, api_key, max_retries=0, timeout=10)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -183,3 +183,41 @@ def test_a_url_where_no_server_answers_is_one_error_line(tmp_path):
                           f"output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.startswith(f"error: serve.url=http://127.0.0.1:{port}/v1: no "), \
         run.stderr[-2000:]
+
+
+def test_a_call_the_server_cannot_parse_is_an_invalid_turn():
+    """`transformers serve` answers a call its response template cannot parse with HTTP 400 and the parser's error
+    in the body (which openai 3.x keeps out of str(error)): one invalid turn, not a stopped evaluation."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from data.conversation import Message
+    from eval.generate import GenerationSettings
+    from eval.served import ServedGenerator
+
+    detail = json.dumps({"detail": "json parser could not parse region as JSON.\nContent: '{\"name\": '"})
+
+    class Handler(BaseHTTPRequestHandler):  # answers as transformers serve 5.25 does
+        def do_GET(self):
+            self._answer(200, json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}))
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer(400, detail)
+
+        def _answer(self, status: int, body: str):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body.encode())))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as stub:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+        generate = ServedGenerator(f"http://127.0.0.1:{stub.server_address[1]}/v1", None,
+                                   GenerationSettings(max_new_tokens=16, batch_size=1), parse_text=None)
+        (turn,) = generate([([Message("user", DIALOGUE["messages"][0]["content"])], [TOOL])])
+        stub.shutdown()
+    assert turn.message.role == "invalid" and "could not parse region as JSON" in turn.message.content
