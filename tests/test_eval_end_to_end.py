@@ -142,3 +142,15 @@ def test_unknown_eval_keys_fail_when_the_config_is_composed():
         compose_inference("eval.bogus=1")
     with pytest.raises(ValueError, match="eval.name"):
         evaluate("eval.name=rouge", "output_dir=/nonexistent")
+
+
+def test_a_turn_cut_inside_a_character_ends_before_it_as_servers_return_it():
+    from eval.generate import _decode_turn
+
+    tokenizer = load_tokenizer(ModelConfig())
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = tokenizer.encode("好龘", add_special_tokens=False)  # 龘 is three byte tokens in the tiny vocabulary
+    assert tokenizer.decode(ids[:2]) == "好\ufffd"
+    assert _decode_turn(tokenizer, ids[:2], [stop], []) == "好"  # cut by the token limit: the partial bytes go
+    assert _decode_turn(tokenizer, ids, [stop], []) == "好龘"
+    assert _decode_turn(tokenizer, [*ids[:2], stop], [stop], []) == "好\ufffd"  # ended by the model: kept as made
