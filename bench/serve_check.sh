@@ -3,16 +3,19 @@
 # the prompts training rendered and scores what in-process evaluation scores.
 #
 #   bench/serve_check.sh <run>/final [TURNS]
+#   PHASES="vllm_adapter transformers_merged" bench/serve_check.sh <run>/final [TURNS]   # some of them; PHASES= compares
 #
 # 1. vLLM (CPU build, its own venv: VLLM_PYTHON, default ~/.cache/turnpack/vllm-venv/bin/python; created with the
 #    build's two workarounds when missing): /tokenize of every assistant turn of the test split == the training
 #    render, token for token (all turns, cheap), merged and with the adapter;
 # 2. hotel metrics of the first TURNS test turns (0: all 285) through each server == in process (fp32, greedy,
 #    same max_new_tokens); predictions compared turn by turn.
-# Results under <run>/final/serve_check/. Run niced on a shared machine; one server at a time (~4 GB each).
+# The in-process evaluation runs beside the servers (one at a time, ~4 GB each); the comparisons come at the end, for
+# every served result present. Results under <run>/final/serve_check/.
 set -euo pipefail
 CHECKPOINT=${1:?usage: bench/serve_check.sh <run>/final [TURNS]}
 TURNS=${2:-0}
+PHASES=${PHASES-in_process vllm_merged vllm_adapter transformers_merged}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 VLLM_PYTHON=${VLLM_PYTHON:-$HOME/.cache/turnpack/vllm-venv/bin/python}
@@ -37,7 +40,7 @@ timed() {  # label, command...: run it, append "label seconds" to timings.txt
 
 SERVER=
 stop_server() { [ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null && wait "$SERVER" || true; SERVER=; }
-trap stop_server EXIT
+trap 'stop_server; [ -z "$LOCAL" ] || { pkill -P "$LOCAL"; kill "$LOCAL"; } 2>/dev/null' EXIT
 
 serve() {  # name, serve.* overrides...: start launch/serve.py, wait until it serves, set URL and MODEL
   local name=$1 port start=$SECONDS
@@ -68,9 +71,17 @@ print(json.dumps({"turns": len(local), "same_prediction": len(local) - len(diffe
 EOF
 }
 
-timed in_process nice -n 10 "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" $GEN output_dir="$OUT/local"
+want() { [[ " $PHASES " == *" $1 "* ]]; }
+
+LOCAL=
+if want in_process; then  # beside the servers: while one of them decodes a token at a time, the other has a core
+  timed in_process nice -n 10 "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" $GEN output_dir="$OUT/local" \
+    > "$OUT/in_process.log" 2>&1 &
+  LOCAL=$!
+fi
 
 for mode in merged adapter; do
+  want vllm_$mode || continue
   merge=$([ $mode = merged ] && echo true || echo false)
   # On CPU, --gpu-memory-utilization is the share of RAM vLLM reserves (default 0.92: refused when others use RAM)
   serve vllm_$mode serve.engine=vllm serve.python="$VLLM_PYTHON" serve.merge=$merge serve.dtype=float32 \
@@ -79,13 +90,20 @@ for mode in merged adapter; do
     serve.model="$MODEL" | tee "$OUT/vllm_$mode.prompts.json"
   timed vllm_$mode.eval "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" serve.url="$URL" serve.model="$MODEL" \
     $GEN output_dir="$OUT/vllm_$mode"
-  compare vllm_$mode
   stop_server
 done
 
-serve transformers_merged serve.engine=transformers serve.merge=true serve.dtype=float32
-timed transformers_merged.eval "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" serve.url="$URL" \
-  serve.model="$MODEL" $GEN output_dir="$OUT/transformers_merged"
-compare transformers_merged
-stop_server
+if want transformers_merged; then
+  serve transformers_merged serve.engine=transformers serve.merge=true serve.dtype=float32
+  timed transformers_merged.eval "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" serve.url="$URL" \
+    serve.model="$MODEL" $GEN output_dir="$OUT/transformers_merged"
+  stop_server
+fi
+
+[ -z "$LOCAL" ] || wait "$LOCAL" || { tail -30 "$OUT/in_process.log"; exit 1; }
+LOCAL=
+[ -f "$OUT/local/metrics.json" ] || { echo "no in-process results in $OUT/local: run with PHASES=in_process"; exit 1; }
+for name in vllm_merged vllm_adapter transformers_merged; do
+  [ ! -f "$OUT/$name/metrics.json" ] || compare $name
+done
 cat "$OUT/timings.txt"
