@@ -22,7 +22,7 @@ import inspect
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -120,10 +120,14 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def _forward_parameters(model: torch.nn.Module) -> Mapping[str, inspect.Parameter]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(base.forward).parameters
+
+
 def cache_keyword(model: torch.nn.Module) -> str:
     """The forward argument (and output field) of the key/value cache: `cache` since transformers 5.2x."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
 
 
 def bos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -139,11 +143,13 @@ def model_scorer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, bat
 
     Every pair starts with the same primer (~3/4 of its tokens), so its key/value cache is computed
     once and each batch runs only the rest. Prompt-learning adapters own the cache (virtual tokens):
-    they get whole sequences.
+    they get whole sequences. The LM head runs only from a batch's first scored position on
+    (`logits_to_keep`, where the model takes it): over Gemma's 262k vocabulary it is most of a forward.
     """
     peft_config = getattr(model, "active_peft_config", None)
     cache_prefix = not getattr(peft_config, "is_prompt_learning", False)
     cache_key = cache_keyword(model)
+    takes_logits_to_keep = "logits_to_keep" in _forward_parameters(model)
     bos = bos_ids(model, tokenizer)
 
     @torch.no_grad()
@@ -182,12 +188,16 @@ def model_scorer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, bat
                 cache.batch_repeat_interleave(len(batch))
                 positions = torch.arange(shared, shared + width, device=device).expand(len(batch), -1)
                 inputs |= {cache_key: cache, "position_ids": positions, "use_cache": True}
-            with autocast():  # prompt/P-tuning put logits for their virtual tokens first: keep the last `width`
-                logits = model(**inputs).logits[:, -width:]
+            # position t predicts token t + 1: a continuation's tokens are predicted from n_context - 1 on
+            first = min(encoded[i][1] - 1 - shared for i in batch)
+            if takes_logits_to_keep:
+                inputs["logits_to_keep"] = width - first
+            with autocast():  # prompt/P-tuning put logits for their virtual tokens first: keep the last ones
+                logits = model(**inputs).logits[:, first - width:]
             for row, i in enumerate(batch):
                 ids, n_context = encoded[i]
-                # position t predicts token t + 1: the continuation's tokens are predicted from n_context - 1 on
-                log_probs = logits[row, n_context - 1 - shared:len(ids) - 1 - shared].float().log_softmax(-1)
+                log_probs = logits[row, n_context - 1 - shared - first:len(ids) - 1 - shared - first]
+                log_probs = log_probs.float().log_softmax(-1)
                 targets = torch.tensor(ids[n_context:], device=log_probs.device)
                 results[i] = float(log_probs.gather(-1, targets[:, None]).sum())
         model.train(was_training)

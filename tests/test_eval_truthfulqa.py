@@ -89,14 +89,16 @@ def test_model_scorer_runs_the_shared_primer_once():
     cfg = ModelConfig()
     model, tokenizer = load_model(cfg).eval(), load_tokenizer(cfg)
     pairs = [(prompt(q["question"]), " " + a) for q in load_questions(TRUTHFULQA, limit=2) for a in q["mc1_targets"]]
-    fed = []
+    fed, head = [], []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: fed.append(kwargs["input_ids"].numel()),
                                            with_kwargs=True)
+    head_hook = model.lm_head.register_forward_pre_hook(lambda _, args: head.append(args[0].shape[:2].numel()))
     scores = model_scorer(model, tokenizer, batch_size=4)(pairs)
-    hook.remove()
+    hook.remove(), head_hook.remove()
     whole = sum(len(tokenizer(c + a, add_special_tokens=False)["input_ids"]) for c, a in pairs)
     primer = len(tokenizer(prompt(""), add_special_tokens=False)["input_ids"])
     assert sum(fed) < whole - (len(pairs) - 2) * primer  # the primer is fed once, not once per pair
+    assert sum(head[1:]) < sum(fed[1:])  # the batches' LM head skips the questions: only answers are scored
     assert scores == pytest.approx([_manual_score(model, tokenizer, c, a) for c, a in pairs], abs=1e-4)
 
 
