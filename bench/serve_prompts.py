@@ -21,21 +21,17 @@ from eval.run import resolve_config, split_path  # noqa: E402
 from eval.served import chat_messages  # noqa: E402
 from eval.turns import load_turns  # noqa: E402
 from models.loading import load_tokenizer  # noqa: E402
+from models.serve import openai_client  # noqa: E402
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="inference", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    import logging
-
-    import openai
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     with exit_on_user_error():
         cfg = resolve_config(cfg, cli_overrides())
         tokenizer = load_tokenizer(OmegaConf.merge(cfg.model, {"path": str(cfg.checkpoint)}))
         template = get_template(cfg.model.template, cfg.model.tool_format, tokenizer)
         turns = load_turns(split_path(cfg), cfg.data, template, cfg.eval.subset)
-        root = openai.OpenAI(base_url=cfg.serve.url.removesuffix("/v1"), api_key=cfg.serve.api_key)
+        root = openai_client(cfg.serve.url.removesuffix("/v1"), cfg.serve.api_key)
         equal, first_difference = 0, None
         for turn in turns:
             served = root.post("/tokenize", cast_to=object, body={
