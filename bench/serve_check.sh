@@ -9,7 +9,7 @@
 #    build's two workarounds when missing): /tokenize of every assistant turn of the test split == the training
 #    render, token for token (all turns, cheap), merged and with the adapter;
 # 2. hotel metrics of the first TURNS test turns (0: all 285) through each server == in process (fp32, greedy,
-#    same max_new_tokens); predictions compared turn by turn.
+#    same max_new_tokens); predictions compared turn by turn (bench/serve_compare.py).
 # The in-process evaluation runs beside the servers (one at a time, ~4 GB each); the comparisons come at the end, for
 # every served result present. Results under <run>/final/serve_check/.
 set -euo pipefail
@@ -48,7 +48,7 @@ serve() {  # name, serve.* overrides...: start launch/serve.py, wait until it se
   port=$("$PY" -c "from models.serve import free_port; print(free_port())")
   nice -n 10 "$PY" launch/serve.py checkpoint="$CHECKPOINT" serve.port="$port" "$@" > "$OUT/$name.server.log" 2>&1 &
   SERVER=$!
-  until grep -q "^chat with it: " "$OUT/$name.server.log"; do
+  until grep -qs "^chat with it: " "$OUT/$name.server.log"; do
     kill -0 "$SERVER" 2>/dev/null || { tail -30 "$OUT/$name.server.log"; exit 1; }
     sleep 2
   done
@@ -57,18 +57,8 @@ serve() {  # name, serve.* overrides...: start launch/serve.py, wait until it se
   MODEL=$(grep "^chat with it: " "$OUT/$name.server.log" | sed 's/.*serve.model=//')
 }
 
-compare() {  # name: predictions and metrics of a server's evaluation vs the in-process one
-  "$PY" - "$OUT/local" "$OUT/$1" <<'EOF' | tee "$OUT/$1.compare.json"
-import json, sys
-local, served = ([json.loads(l) for l in open(f"{d}/predictions.jsonl", encoding="utf-8")] for d in sys.argv[1:])
-metrics = [json.load(open(f"{d}/metrics.json", encoding="utf-8")) for d in sys.argv[1:]]
-keys = ("turns", "bleu4", "slot_f1", "slot_precision", "slot_recall", "corpus_bleu4", "turn_type_accuracy",
-        "invalid_calls")
-differ = [(l["source"], l["turn"], l["raw"], s["raw"]) for l, s in zip(local, served) if l["prediction"] != s["prediction"]]
-print(json.dumps({"turns": len(local), "same_prediction": len(local) - len(differ), "differ": differ[:5],
-                  "metrics_local": {k: metrics[0].get(k) for k in keys},
-                  "metrics_served": {k: metrics[1].get(k) for k in keys}}, ensure_ascii=False))
-EOF
+compare() {  # name: a server's evaluation vs the in-process one, turn by turn (bench/serve_compare.py)
+  "$PY" bench/serve_compare.py "$OUT/local" "$OUT/$1" | tee "$OUT/$1.compare.json"
 }
 
 want() { [[ " $PHASES " == *" $1 "* ]]; }
