@@ -10,8 +10,8 @@
 #    render, token for token (all turns, cheap), merged and with the adapter;
 # 2. hotel metrics of the first TURNS test turns (0: all 285) through each server == in process (fp32, greedy,
 #    same max_new_tokens); predictions compared turn by turn (bench/serve_compare.py).
-# The in-process evaluation runs beside the servers (one at a time, ~4 GB each); the comparisons come at the end, for
-# every served result present. Results under <run>/final/serve_check/.
+# One server at a time (~4 GB each); the comparisons come at the end, for every served result present (a later
+# PHASES= run compares what earlier ones wrote). Results under <run>/final/serve_check/.
 set -euo pipefail
 CHECKPOINT=${1:?usage: bench/serve_check.sh <run>/final [TURNS]}
 TURNS=${2:-0}
@@ -40,7 +40,7 @@ timed() {  # label, command...: run it, append "label seconds" to timings.txt
 
 SERVER=
 stop_server() { [ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null && wait "$SERVER" || true; SERVER=; }
-trap 'stop_server; [ -z "$LOCAL" ] || { pkill -P "$LOCAL"; kill "$LOCAL"; } 2>/dev/null' EXIT
+trap stop_server EXIT
 
 serve() {  # name, serve.* overrides...: start launch/serve.py, wait until it serves, set URL and MODEL
   local name=$1 port start=$SECONDS
@@ -63,11 +63,9 @@ compare() {  # name: a server's evaluation vs the in-process one, turn by turn (
 
 want() { [[ " $PHASES " == *" $1 "* ]]; }
 
-LOCAL=
-if want in_process; then  # beside the servers: while one of them decodes a token at a time, the other has a core
-  timed in_process nice -n 10 "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" $GEN output_dir="$OUT/local" \
-    > "$OUT/in_process.log" 2>&1 &
-  LOCAL=$!
+# One thing at a time: beside a server, in-process generation ran ~8x slower on 2 cores (vLLM's engine busy-polls)
+if want in_process; then
+  timed in_process nice -n 10 "$PY" launch/evaluate.py checkpoint="$CHECKPOINT" $GEN output_dir="$OUT/local"
 fi
 
 for mode in merged adapter; do
@@ -90,8 +88,6 @@ if want transformers_merged; then
   stop_server
 fi
 
-[ -z "$LOCAL" ] || wait "$LOCAL" || { tail -30 "$OUT/in_process.log"; exit 1; }
-LOCAL=
 [ -f "$OUT/local/metrics.json" ] || { echo "no in-process results in $OUT/local: run with PHASES=in_process"; exit 1; }
 for name in vllm_merged vllm_adapter transformers_merged; do
   [ ! -f "$OUT/$name/metrics.json" ] || compare $name
