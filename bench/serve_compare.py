@@ -4,8 +4,9 @@ Both directories are `launch/evaluate.py` outputs (predictions.jsonl). The metri
 turns both have (a served run of the first N turns compares with the same N in-process turns), and every differing
 prediction is listed, but two kinds are counted apart: an invalid call on both sides whose text differs
 (`transformers serve` answers a call it cannot parse with its parser's error, not the text), and a reply cut by the
-token limit inside a character that differs only by that partial character (U+FFFD), which in-process decoding kept
-before eval/generate.py dropped it as servers do. Prints one JSON object.
+token limit inside a character that differs only by that partial character (U+FFFD: vLLM holds its bytes back,
+`transformers serve` sends it, in-process decoding kept it before eval/generate.py dropped it as vLLM does); the
+metrics are also given with those replies taken as served. Prints one JSON object.
 """
 import json
 import sys
@@ -33,13 +34,13 @@ def main(local_dir: str, served_dir: str) -> dict:
     differ = [(a, b) for a, b in zip(local, served) if a["prediction"] != b["prediction"]]
     both_invalid = [(a, b) for a, b in differ if a["prediction"]["role"] == b["prediction"]["role"] == "invalid"]
     partial_character = [(a, b) for a, b in differ if a["raw"].rstrip("\ufffd") == b["raw"].rstrip("\ufffd")]
-    # what today's in-process decoding gives for those turns: the text without the partial character, as served
+    # the local turns, but those that differ by a partial character only taken as served
     dropped = [b if (a, b) in partial_character else a for a, b in zip(local, served)]
     metrics = [{k: summarize(records)[0][k] for k in KEYS} for records in (local, served, dropped)]
     return {"turns": n, "same_prediction": n - len(differ), "both_invalid_text_differs": len(both_invalid),
             "only_a_partial_character": len(partial_character),
             "metrics_equal": metrics[0] == metrics[1], "metrics_local": metrics[0], "metrics_served": metrics[1],
-            "metrics_equal_partial_characters_dropped": metrics[2] == metrics[1],
+            "metrics_equal_apart_from_partial_characters": metrics[2] == metrics[1],
             "differ": [{"source": a["source"], "turn": a["turn"], "local": a["raw"], "served": b["raw"]}
                        for a, b in differ if (a, b) not in both_invalid + partial_character]}
 

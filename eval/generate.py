@@ -70,8 +70,8 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[st
 def _decode_turn(tokenizer: PreTrainedTokenizerBase, ids: list[int], stop_ids: Sequence[int],
                  stop_texts: Sequence[str]) -> str:
     """The generated text before the first stop token or multi-token stop string. A turn cut by the token limit
-    inside a multi-byte character ends before it (its bytes decode to U+FFFD), as OpenAI-compatible servers return
-    it: they hold back the bytes of an unfinished character."""
+    inside a multi-byte character ends before it (its bytes decode to U+FFFD), as vLLM returns it: it holds back
+    the bytes of an unfinished character (`transformers serve` sends the U+FFFD)."""
     stopped = next((i for i, token in enumerate(ids) if token in stop_ids), None)
     text = tokenizer.decode(ids[:stopped], skip_special_tokens=False)
     end = min([i for i in (text.find(s) for s in stop_texts) if i >= 0], default=None)
