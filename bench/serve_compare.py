@@ -25,24 +25,31 @@ def read(directory: str) -> list[dict]:
         return [json.loads(line) for line in lines]
 
 
+def turn_id(record: dict) -> tuple[str, int]:
+    return record["source"], record["turn"]
+
+
 def main(local_dir: str, served_dir: str) -> dict:
     local, served = read(local_dir), read(served_dir)
     n = min(len(local), len(served))
     local, served = local[:n], served[:n]
-    if [(r["source"], r["turn"]) for r in local] != [(r["source"], r["turn"]) for r in served]:
+    if [turn_id(r) for r in local] != [turn_id(r) for r in served]:
         raise SystemExit(f"{local_dir} and {served_dir} hold different turns")
     differ = [(a, b) for a, b in zip(local, served) if a["prediction"] != b["prediction"]]
-    both_invalid = [(a, b) for a, b in differ if a["prediction"]["role"] == b["prediction"]["role"] == "invalid"]
-    partial_character = [(a, b) for a, b in differ if a["raw"].rstrip("\ufffd") == b["raw"].rstrip("\ufffd")]
+    both_invalid = {turn_id(a) for a, b in differ
+                    if a["prediction"]["role"] == b["prediction"]["role"] == "invalid"}
+    partial_character = {turn_id(a) for a, b in differ
+                         if a["raw"].rstrip("\ufffd") == b["raw"].rstrip("\ufffd")}
     # the local turns, but those that differ by a partial character only taken as served
-    dropped = [b if (a, b) in partial_character else a for a, b in zip(local, served)]
-    metrics = [{k: summarize(records)[0][k] for k in KEYS} for records in (local, served, dropped)]
+    counted_apart = both_invalid | partial_character
+    dropped = [b if turn_id(a) in partial_character else a for a, b in zip(local, served)]
+    metrics = [{k: summary[k] for k in KEYS} for summary in (summarize(r)[0] for r in (local, served, dropped))]
     return {"turns": n, "same_prediction": n - len(differ), "both_invalid_text_differs": len(both_invalid),
             "only_a_partial_character": len(partial_character),
             "metrics_equal": metrics[0] == metrics[1], "metrics_local": metrics[0], "metrics_served": metrics[1],
             "metrics_equal_apart_from_partial_characters": metrics[2] == metrics[1],
             "differ": [{"source": a["source"], "turn": a["turn"], "local": a["raw"], "served": b["raw"]}
-                       for a, b in differ if (a, b) not in both_invalid + partial_character]}
+                       for a, b in differ if turn_id(a) not in counted_apart]}
 
 
 if __name__ == "__main__":
